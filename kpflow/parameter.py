@@ -1,0 +1,116 @@
+"""The parameter Jacobian J_θ and the parameter operator K = J_θ J_θᵀ."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+from torch.func import jvp, vjp
+
+from .operator import DEFAULT_CHUNK_SIZE, KPOperator
+from .trajectory import Trajectory
+
+__all__ = ["ParameterJacobian", "ParameterOperator"]
+
+Normalization = Literal["sum", "mean"]
+
+
+def _check_trajectory(trajectory) -> Trajectory:
+    if not isinstance(trajectory, Trajectory):
+        raise TypeError(f"trajectory: expected a kpflow.Trajectory, got {type(trajectory).__name__}")
+    return trajectory
+
+
+def _scale(trajectory: Trajectory, normalization: str) -> float:
+    if normalization == "sum":
+        return 1.0
+    if normalization == "mean":
+        return 1.0 / (trajectory.batch_size * trajectory.num_steps)
+    raise ValueError(f"normalization: expected 'sum' or 'mean', got {normalization!r}")
+
+
+class ParameterJacobian(KPOperator):
+    """J_θ, the partial derivative of the one-step map with respect to θ.
+
+    Parameters
+    ----------
+    trajectory : Trajectory
+        The linearization point.
+    chunk_size : int, optional
+        Columns per vmapped call in ``matmat``.
+
+    Notes
+    -----
+    Shape (N, p), N = B·T·S. For a parameter direction v,
+    (J_θ v)_{b,t} = B_t v with B_t = ∂f/∂θ (z_{t-1}, x_t; θ): the state is held
+    fixed, so every (b, t) is independent and one batched ``jvp`` of the step
+    over all B·T rows computes the whole product. Jᵀ q = Σ_{b,t} B_tᵀ q_{b,t}
+    is one batched ``vjp``, whose pullback is built once per trajectory and
+    reused by every product.
+    """
+
+    def __init__(self, trajectory: Trajectory, chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> None:
+        self.trajectory = _check_trajectory(trajectory)
+        if trajectory.num_params == 0:
+            raise ValueError("trajectory: the model has no parameters in θ (none require grad or params=[])")
+        super().__init__((trajectory.size, trajectory.num_params), trajectory.dtype, trajectory.device, chunk_size)
+        # Built here, outside any vmap, so that vmapped products can reuse it.
+        self._pullback()
+
+    def _pullback(self):
+        traj = self.trajectory
+        return traj.cached("theta_vjp", lambda: vjp(traj.step_all, traj.theta)[1])
+
+    def _mv(self, v: Tensor) -> Tensor:
+        traj = self.trajectory
+        _, out = jvp(traj.step_all, (traj.theta,), (traj.vector_to_theta(v),))
+        return out.reshape(-1)
+
+    def _rmv(self, q: Tensor) -> Tensor:
+        traj = self.trajectory
+        (grads,) = self._pullback()(q.reshape(traj.shape))
+        return traj.theta_to_vector(grads)
+
+
+class ParameterOperator(KPOperator):
+    """K = J_θ J_θᵀ, the parameter operator (an NTK of the one-step map).
+
+    Parameters
+    ----------
+    trajectory : Trajectory
+        The linearization point.
+    normalization : {"sum", "mean"}
+        "sum" (default) is the Euclidean inner product of trajectory space;
+        "mean" divides by B·T, the paper's averaged inner product.
+    chunk_size : int, optional
+        Columns per vmapped call in ``matmat``.
+
+    Notes
+    -----
+    Shape (N, N), symmetric positive semi-definite, rank ≤ p.
+    K_{(b,t),(b',t')} = B_t B_{t'}ᵀ couples every pair of steps and trials
+    through the shared parameters. One product costs one batched vjp (the
+    pullback is cached) and one batched jvp, both parallel over time.
+    """
+
+    def __init__(
+        self,
+        trajectory: Trajectory,
+        normalization: Normalization = "sum",
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self.jacobian = ParameterJacobian(trajectory, chunk_size)
+        self.trajectory = trajectory
+        self.normalization = normalization
+        self.scale = _scale(trajectory, normalization)
+        n = trajectory.size
+        super().__init__((n, n), trajectory.dtype, trajectory.device, chunk_size)
+
+    def _mv(self, q: Tensor) -> Tensor:
+        out = self.jacobian._mv(self.jacobian._rmv(q))
+        return out if self.scale == 1.0 else self.scale * out
+
+    _rmv = _mv
+
+    def _adjoint(self) -> "ParameterOperator":
+        return self

@@ -1,0 +1,208 @@
+"""The propagator P of the linearized flow, its adjoint P* and its inverse P⁻¹."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp, vmap
+
+from .operator import DEFAULT_CHUNK_SIZE, KPOperator
+from .parameter import _check_trajectory
+from .trajectory import Trajectory
+
+__all__ = ["PropagationOperator", "InversePropagationOperator", "state_jacobians"]
+
+Strategy = Literal["matrix_free", "materialize", "auto"]
+
+#: Memory the "auto" strategy may spend on dense Jacobians [B, T, S, S].
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+
+
+def state_jacobians(trajectory: Trajectory, chunk_size: int | None = None) -> Tensor:
+    """The dense state Jacobians A_t = ∂f/∂z at every (b, t), shape [B, T, S, S].
+
+    Notes
+    -----
+    Built in one vectorized pass: S batched jvps over all B·T rows at once
+    (one per basis direction e_j, vmapped), each giving column j of every
+    A_t. Memory B·T·S² — use only when that fits.
+    """
+    traj = trajectory
+    B, T, S = traj.shape
+    prev = traj.previous_states
+
+    def column(e: Tensor) -> Tensor:
+        return jvp(lambda z: traj.step_all(previous=z), (prev,), (e.expand(B, T, S),))[1]
+
+    eye = torch.eye(S, dtype=traj.dtype, device=traj.device)
+    cols = vmap(column, chunk_size=chunk_size)(eye)  # [S(j), B, T, S(i)]
+    return cols.permute(1, 2, 3, 0).contiguous()
+
+
+def _choose(trajectory: Trajectory, jacobians: str, memory_budget: int) -> str:
+    if jacobians in ("matrix_free", "materialize"):
+        return jacobians
+    if jacobians == "auto":
+        B, T, S = trajectory.shape
+        need = B * T * S * S * trajectory.inputs.element_size()
+        return "materialize" if need <= memory_budget else "matrix_free"
+    raise ValueError(f"jacobians: expected 'matrix_free', 'materialize' or 'auto', got {jacobians!r}")
+
+
+class _PropagatorBase(KPOperator):
+    """Shared linearization of P, P* and P⁻¹ (all N × N)."""
+
+    def __init__(
+        self,
+        trajectory: Trajectory,
+        jacobians: Strategy = "matrix_free",
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        self.trajectory = _check_trajectory(trajectory)
+        self.strategy = _choose(trajectory, jacobians, memory_budget)
+        self.memory_budget = memory_budget
+        n = trajectory.size
+        super().__init__((n, n), trajectory.dtype, trajectory.device, chunk_size)
+        if self.strategy == "materialize":
+            self.jacobians: Tensor | None = trajectory.cached("state_jacobians", lambda: state_jacobians(trajectory))
+        else:
+            self.jacobians = None
+
+    def _options(self) -> dict:
+        return dict(jacobians=self.strategy, chunk_size=self.chunk_size, memory_budget=self.memory_budget)
+
+    # A_t d for all trials at one step t (0-based: A at index t maps the state
+    # before step t, previous_states[:, t], to states[:, t]).
+    def _A(self, t: int, d: Tensor) -> Tensor:
+        if self.jacobians is not None:
+            return torch.einsum("bij,bj->bi", self.jacobians[:, t], d)
+        traj = self.trajectory
+        x_t, z_prev = traj.inputs[:, t], traj.previous_states[:, t]
+        return jvp(lambda z: traj.step(traj.theta, x_t, z), (z_prev,), (d,))[1]
+
+    def _AT(self, t: int, lam: Tensor) -> Tensor:
+        if self.jacobians is not None:
+            return torch.einsum("bij,bi->bj", self.jacobians[:, t], lam)
+        traj = self.trajectory
+        x_t, z_prev = traj.inputs[:, t], traj.previous_states[:, t]
+        return vjp(lambda z: traj.step(traj.theta, x_t, z), z_prev)[1](lam)[0]
+
+    # A_t d_t at every (b, t) at once, with d [B, T, S].
+    def _A_all(self, d: Tensor) -> Tensor:
+        if self.jacobians is not None:
+            return torch.einsum("btij,btj->bti", self.jacobians, d)
+        traj = self.trajectory
+        return jvp(lambda z: traj.step_all(previous=z), (traj.previous_states,), (d,))[1]
+
+    def _state_pullback(self):
+        traj = self.trajectory
+        return traj.cached(
+            "state_vjp", lambda: vjp(lambda z: traj.step_all(previous=z), traj.previous_states)[1]
+        )
+
+    def _AT_all(self, lam: Tensor) -> Tensor:
+        if self.jacobians is not None:
+            return torch.einsum("btij,bti->btj", self.jacobians, lam)
+        return self._state_pullback()(lam)[0]
+
+    def _forward_scan(self, q: Tensor) -> Tensor:
+        q = q.reshape(self.trajectory.shape)
+        d = q[:, 0]
+        out = [d]
+        for t in range(1, q.shape[1]):
+            d = self._A(t, d) + q[:, t]
+            out.append(d)
+        return torch.stack(out, dim=1).reshape(-1)
+
+    def _backward_scan(self, q: Tensor) -> Tensor:
+        q = q.reshape(self.trajectory.shape)
+        T = q.shape[1]
+        lam = q[:, T - 1]
+        out = [lam]
+        for t in range(T - 2, -1, -1):
+            lam = q[:, t] + self._AT(t + 1, lam)
+            out.append(lam)
+        return torch.stack(out[::-1], dim=1).reshape(-1)
+
+    def _difference(self, q: Tensor) -> Tensor:
+        # (P⁻¹ q)_t = q_t − A_t q_{t-1}, q_{-1} = 0: parallel over time.
+        q = q.reshape(self.trajectory.shape)
+        shifted = torch.cat([torch.zeros_like(q[:, :1]), q[:, :-1]], dim=1)
+        return (q - self._A_all(shifted)).reshape(-1)
+
+    def _difference_adjoint(self, lam: Tensor) -> Tensor:
+        # (P⁻ᵀ λ)_t = λ_t − A_{t+1}ᵀ λ_{t+1}, λ_T = 0.
+        lam = lam.reshape(self.trajectory.shape)
+        back = self._AT_all(lam)  # back[:, s] = A_sᵀ λ_s; A_0 acts on the fixed z_0
+        return (lam - torch.cat([back[:, 1:], torch.zeros_like(back[:, :1])], dim=1)).reshape(-1)
+
+
+class PropagationOperator(_PropagatorBase):
+    """P, the propagator of the linearized flow along the trajectory.
+
+    Parameters
+    ----------
+    trajectory : Trajectory
+        The linearization point.
+    jacobians : {"matrix_free", "materialize", "auto"}
+        "matrix_free" (default) applies every A_t with a jvp/vjp of the step,
+        storing nothing beyond the trajectory. "materialize" builds all
+        A_t [B, T, S, S] once (one vectorized pass, see
+        :func:`state_jacobians`) and then applies them with batched matrix
+        products: faster when many products follow. "auto" materializes when
+        the Jacobians fit in ``memory_budget`` bytes.
+    chunk_size : int, optional
+        Columns per vmapped call in ``matmat``.
+    memory_budget : int
+        Bytes the "auto" strategy may spend on dense Jacobians.
+
+    Notes
+    -----
+    P q solves the forward scan δz_t = A_t δz_{t-1} + q_t, δz_0 = 0, so P is
+    block lower-triangular with blocks A_t A_{t-1} ⋯ A_{s+1} (t ≥ s).
+    ``P.H`` is the backward scan λ_t = q_t + A_{t+1}ᵀ λ_{t+1}, λ_{T+1} = 0,
+    exactly BPTT's. ``P.inverse()`` is P⁻¹: (P⁻¹ q)_t = q_t − A_t q_{t-1}.
+    The derivative of the whole trajectory with respect to θ is P J_θ.
+    """
+
+    def _mv(self, q: Tensor) -> Tensor:
+        return self._forward_scan(q)
+
+    def _rmv(self, q: Tensor) -> Tensor:
+        return self._backward_scan(q)
+
+    def inverse(self) -> "InversePropagationOperator":
+        """P⁻¹, with no solve: (P⁻¹ q)_t = q_t − A_t q_{t-1}."""
+        return InversePropagationOperator(self.trajectory, **self._options())
+
+
+class InversePropagationOperator(_PropagatorBase):
+    """P⁻¹, the inverse propagator: (P⁻¹ q)_t = q_t − A_t q_{t-1}.
+
+    Parameters are those of :class:`PropagationOperator`.
+
+    Notes
+    -----
+    P⁻¹ = I − L with L the block sub-diagonal of the A_t; each product is one
+    batched jvp over all (b, t) (parallel over time). Its adjoint
+    (P⁻ᵀ λ)_t = λ_t − A_{t+1}ᵀ λ_{t+1} is one batched vjp. ``inverse()``
+    returns P again.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.jacobians is None:
+            self._state_pullback()  # built outside any vmap, reused by every product
+
+    def _mv(self, q: Tensor) -> Tensor:
+        return self._difference(q)
+
+    def _rmv(self, q: Tensor) -> Tensor:
+        return self._difference_adjoint(q)
+
+    def inverse(self) -> PropagationOperator:
+        """P, the inverse of P⁻¹."""
+        return PropagationOperator(self.trajectory, **self._options())
