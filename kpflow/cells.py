@@ -112,6 +112,21 @@ class StepMap:
         """The readable hidden output (top-layer h) of flat states [..., S]."""
         return z[..., self.observe_slice]
 
+    def unroll(self, params: Params, inputs: Tensor, z0: Tensor, forcing: Tensor | None = None) -> Tensor:
+        """Run the map over inputs [B, T, I] from flat z0 [B, S]; returns states [B, T, S].
+
+        Differentiable (autograd or torch.func) with respect to ``params``,
+        ``z0`` and ``forcing`` ([B, T, S], added after every step).
+        """
+        z = z0
+        out = []
+        for t in range(inputs.shape[1]):
+            z = self.step(params, inputs[:, t], z)
+            if forcing is not None:
+                z = z + forcing[:, t]
+            out.append(z)
+        return torch.stack(out, dim=1)
+
 
 # --------------------------------------------------------------------------
 # Plain-op cells with torch's equations and parameter names

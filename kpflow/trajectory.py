@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp, vmap
 
-from .cells import StepMap, make_step_map
+from .cells import SUPPORTED, StepMap, make_step_map
 
 __all__ = ["Trajectory"]
 
@@ -40,6 +40,13 @@ def _active_dropout(model: nn.Module) -> list[str]:
 
 def _probe_transforms(step: Callable, theta: dict, x: Tensor, z: Tensor) -> None:
     """Run jvp, vjp and vmap once on a user cell so failures are named early."""
+    try:
+        step(theta, x, z)
+    except Exception as exc:  # noqa: BLE001 - re-raised with a diagnosis
+        raise TypeError(
+            f"model: calling it as a cell, model(x_t, h) -> h_next, failed ({type(exc).__name__}: {exc}); "
+            f"expected {SUPPORTED}"
+        ) from exc
     tangent = {k: torch.zeros_like(v) for k, v in theta.items()}
     checks = [
         ("torch.func.jvp", lambda: jvp(lambda th, zz: step(th, x, zz), (theta, z), (tangent, z))),
@@ -48,6 +55,14 @@ def _probe_transforms(step: Callable, theta: dict, x: Tensor, z: Tensor) -> None
             "torch.func.vmap",
             lambda: vmap(lambda d: jvp(lambda zz: step(theta, x, zz), (z,), (d,))[1])(
                 torch.stack([z, z])
+            ),
+        ),
+        # jvp and vjp silently drop the derivative through .item(); only vmap
+        # over the primals (parameters, inputs, states) rejects it.
+        (
+            "torch.func.vmap",
+            lambda: vmap(step)(
+                {k: torch.stack([v, v]) for k, v in theta.items()}, torch.stack([x, x]), torch.stack([z, z])
             ),
         ),
     ]
@@ -332,15 +347,8 @@ class Trajectory:
         Tensor
             The states [B, T, S].
         """
-        theta = self.theta if theta is None else theta
-        z = self.h0 if h0 is None else h0
-        out = []
-        for t in range(self.num_steps):
-            z = self.step(theta, self.inputs[:, t], z)
-            if forcing is not None:
-                z = z + forcing[:, t]
-            out.append(z)
-        return torch.stack(out, dim=1)
+        params = self.parameters(theta)
+        return self.step_map.unroll(params, self.inputs, self.h0 if h0 is None else h0, forcing)
 
     def observe(self, states: Tensor | None = None) -> Tensor:
         """The readable hidden output (top-layer h) of states [..., S]; default: the trajectory."""
