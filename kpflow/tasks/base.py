@@ -153,7 +153,7 @@ def evaluation_rng(eval_seed: int) -> np.random.Generator:
 # --------------------------------------------------------------------------
 # the batch container
 # --------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TaskBatch:
     """One batch of trials, batch-first.
 
@@ -171,6 +171,10 @@ class TaskBatch:
     info : dict
         Task-specific per-trial metadata (stimulus angles, period onsets, ...).
         Tensors in it live on the batch's device.
+
+    Notes
+    -----
+    Equality is identity (``eq=False``): compare tensors explicitly.
     """
 
     inputs: torch.Tensor
