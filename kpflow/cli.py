@@ -114,6 +114,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     _add_run_options(run)
     _add_common(run)
+
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of gains / seeds / model kinds",
+        description="Run one kpflow run per (model, gain, seed) in sub-folders of --out, tabulate the trends "
+                    "(mean ± standard error over seeds) and render a report. Re-running on the same folder "
+                    "continues an interrupted sweep.")
+    sweep.add_argument("--out", type=Path, required=True, help="output folder")
+    sweep.add_argument("--preset", choices=("laptop", "paper"), default="laptop",
+                       help="laptop: 3 gains × 3 seeds of a 32-unit GRU, minutes (default); paper: the paper's scale")
+    sweep.add_argument("--gains", type=float, nargs="+", help="initial gains g")
+    sweep.add_argument("--seeds", type=int, nargs="+", help="seeds")
+    sweep.add_argument("--models", nargs="+", help="model kinds")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a run option, e.g. --set iterations=500 (JSON values)")
+    sweep.add_argument("--no-report", dest="report", action="store_false", help="skip the figures and report")
+    _add_common(sweep)
+
+    report = sub.add_parser("report", help="render figures and report.html for a run or sweep folder",
+                            description="Render PNG figures and a self-contained report.html in a run or sweep folder.")
+    report.add_argument("folder", type=Path, help="a folder written by kpflow run or kpflow sweep")
+
+    analyze = sub.add_parser(
+        "analyze", help="apply the checkpoint analysis once to your own model",
+        description="Import module:function, call it with no arguments, and analyse what it returns: a dict "
+                    "(or tuple in this order) with model and inputs [B, T, I], and optionally readout, loss_fn "
+                    "and targets (for the error signal), and h0. Writes results.jsonl and report.html to --out.")
+    analyze.add_argument("target", help="module:function, e.g. mypackage.models:trained_gru or path/to/file.py:make")
+    analyze.add_argument("--out", type=Path, required=True, help="output folder")
+    analyze.add_argument("--top-k", type=int, default=10, dest="top_k", help="eigenvalues per spectrum")
+    analyze.add_argument("--no-lyapunov", dest="lyapunov", action="store_false", help="skip the Lyapunov spectrum")
+    analyze.add_argument("--no-report", dest="report", action="store_false", help="skip the figures and report")
+    _add_common(analyze)
     return parser
 
 
@@ -130,10 +162,57 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args)
     records = run_experiment(cfg, args.out, resume=args.resume, quiet=args.quiet)
+    from .report import make_report
+
+    report = make_report(args.out)
     if not args.quiet:
+        print(f"report: {report}")
         last = records[-1]
         print(f"done: {len(records)} checkpoints in {args.out}; final eval loss {last['eval_loss']:.4g}, "
               f"accuracy {last['accuracy']:.3f}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    overrides: dict = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    for key in ("seed", "device", "dtype"):
+        if getattr(args, key) is not None:
+            if key == "seed":
+                raise ValueError("--seed: a sweep takes --seeds")
+            overrides[key] = getattr(args, key)
+    rows, table = run_sweep(args.out, preset=args.preset, gains=args.gains, seeds=args.seeds, models=args.models,
+                            overrides=overrides, quiet=args.quiet, report=args.report)
+    print(table)
+    if args.report and not args.quiet:
+        print(f"report: {args.out / 'report.html'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    print(make_report(args.folder))
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .user_analysis import analyze_user_model
+
+    out = analyze_user_model(args.target, args.out, top_k=args.top_k, lyapunov=args.lyapunov,
+                             seed=args.seed or 0, device=args.device, dtype=args.dtype, quiet=args.quiet,
+                             report=args.report)
+    if not args.quiet:
+        print(f"wrote {out}")
     return 0
 
 
@@ -147,10 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"run": _cmd_run}
+    handlers = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "analyze": _cmd_analyze}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileExistsError, FileNotFoundError, PermissionError, OSError) as exc:
+    except (ValueError, TypeError, ImportError, OSError) as exc:
         print(f"kpflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -115,7 +115,7 @@ PRESETS: dict[str, dict] = {
     "laptop": {},
     "paper": dict(
         hidden_size=256,
-        task_options=dict(stimulus_duration=30, memory_duration=30, response_duration=30),
+        task_options=dict(stimulus_steps=30, memory_steps=30, response_steps=30),
         optimizer="adam",
         lr=1e-3,
         iterations=5000,
@@ -206,7 +206,8 @@ def run_experiment(
     quiet : bool
         No progress bars.
     analyze : callable, optional
-        ``analyze(setup, previous_states) -> (record, states)``; default
+        ``analyze(setup, carry, quiet=...) -> (record, carry)``, where carry
+        holds what the next checkpoint compares against; default
         :func:`kpflow.checkpoint_analysis.analyze_checkpoint`.
     """
     from .checkpoint_analysis import analyze_checkpoint
@@ -224,7 +225,7 @@ def run_experiment(
     records: list[dict] = []
     losses: list[float] = []
     start = 0
-    prev_states = None
+    carry = None
     ckpt_dir = out / "checkpoints"
     latest = _latest_checkpoint(ckpt_dir)
     if resume and latest is not None:
@@ -236,20 +237,19 @@ def run_experiment(
             sched.load_state_dict(state["scheduler"])
         records = [json.loads(r) for r in state["records"]]
         losses = list(state["train_losses"])
-        prev_states = state.get("eval_states")
+        carry = state.get("carry")
         start = int(state["iteration"])
         write_jsonl(out / "results.jsonl", records)
     done_iters = {r["iteration"] for r in records}
 
     def checkpoint(iteration: int) -> None:
-        nonlocal prev_states
+        nonlocal carry
         if iteration in done_iters:
             return
-        record, states = analyze(setup, prev_states, quiet=quiet)
+        record, carry = analyze(setup, carry, quiet=quiet)
         record = {"iteration": iteration, "train_loss": losses[-1] if losses else None, **record}
         records.append(record)
         done_iters.add(iteration)
-        prev_states = states
         state = {
             "iteration": iteration,
             "model": setup.model.state_dict(),
@@ -258,7 +258,7 @@ def run_experiment(
             "scheduler": sched.state_dict() if sched is not None else None,
             "records": [json.dumps(r) for r in _jsonable(records)],
             "train_losses": list(losses),
-            "eval_states": states,
+            "carry": carry,
         }
         save_checkpoint(ckpt_dir / f"iter_{iteration:07d}.pt", state)
         write_jsonl(out / "results.jsonl", records)
