@@ -32,6 +32,12 @@ __all__ = ["KPOperator", "SumOperator", "ProductOperator", "ScaledOperator", "Ad
 DEFAULT_CHUNK_SIZE = 32
 
 
+def _owning(y):
+    # SciPy reshapes the kernel's result to (M,) or (M, 1), which returns a
+    # view; hand back an array that owns its memory (PITFALLS 2).
+    return y if y.flags.owndata else y.copy()
+
+
 class KPOperator(LinearOperator):
     """Base class of kpflow's matrix-free operators.
 
@@ -140,14 +146,14 @@ class KPOperator(LinearOperator):
         if isinstance(x, Tensor):
             return self.apply(x)
         self._check_numpy(x, self.shape[1], "x", allow_2d=False)
-        return super().matvec(x)
+        return _owning(super().matvec(x))
 
     def rmatvec(self, x):
         """Aᵀ x. NumPy arrays (M,) or (M, 1) give NumPy; torch tensors give torch."""
         if isinstance(x, Tensor):
             return self.apply_adjoint(x)
         self._check_numpy(x, self.shape[0], "x", allow_2d=False)
-        return super().rmatvec(x)
+        return _owning(super().rmatvec(x))
 
     def matmat(self, X):
         """A X for X of shape (N, k)."""
@@ -157,7 +163,7 @@ class KPOperator(LinearOperator):
             return self.apply(X)
         if np.ndim(X) != 2 or np.shape(X)[0] != self.shape[1]:
             raise ValueError(f"X: expected shape ({self.shape[1]}, k), got {np.shape(X)}")
-        return super().matmat(X)
+        return _owning(super().matmat(X))
 
     def rmatmat(self, X):
         """Aᵀ X for X of shape (M, k)."""
@@ -167,7 +173,7 @@ class KPOperator(LinearOperator):
             return self.apply_adjoint(X)
         if np.ndim(X) != 2 or np.shape(X)[0] != self.shape[0]:
             raise ValueError(f"X: expected shape ({self.shape[0]}, k), got {np.shape(X)}")
-        return super().rmatmat(X)
+        return _owning(super().rmatmat(X))
 
     # ------------------------------------------------------------ algebra
     def dot(self, x):
@@ -186,6 +192,8 @@ class KPOperator(LinearOperator):
 
     def __rmatmul__(self, other):
         if isinstance(other, Tensor):  # x @ A = (Aᵀ xᵀ)ᵀ
+            if other.dim() == 1:  # a 1-D tensor has no transpose (Tensor.T warns)
+                return self.apply_adjoint(other)
             return self.apply_adjoint(other.T).T
         return super().__rmatmul__(other)
 
