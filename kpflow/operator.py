@@ -108,9 +108,8 @@ class KPOperator(LinearOperator):
     def _to_torch(self, x: np.ndarray, name: str = "x") -> Tensor:
         x = np.asarray(x)
         if x.dtype.kind == "c":
-            if np.any(x.imag != 0):
-                raise TypeError(f"{name}: complex input is not supported by a real operator")
-            x = x.real
+            raise TypeError(f"{name}: complex input ({x.dtype}) is not supported by a real operator; "
+                            "apply it to the real and imaginary parts separately")
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
         # SciPy probes with int8 and some solvers hand float64 to float32
@@ -141,9 +140,15 @@ class KPOperator(LinearOperator):
             want = f"({n},) or ({n}, k)" if allow_2d else f"({n},) or ({n}, 1)"
             raise ValueError(f"{name}: expected shape {want}, got {shape}")
 
+    def _check_vector(self, x: Tensor, n: int) -> None:
+        if not (x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)):
+            raise ValueError(f"x: expected shape ({n},) or ({n}, 1) for a matvec, got {tuple(x.shape)}; "
+                             "use matmat (or @) for several columns")
+
     def matvec(self, x):
         """A x. NumPy arrays (N,) or (N, 1) give NumPy; torch tensors give torch."""
         if isinstance(x, Tensor):
+            self._check_vector(x, self.shape[1])
             return self.apply(x)
         self._check_numpy(x, self.shape[1], "x", allow_2d=False)
         return _owning(super().matvec(x))
@@ -151,6 +156,7 @@ class KPOperator(LinearOperator):
     def rmatvec(self, x):
         """Aᵀ x. NumPy arrays (M,) or (M, 1) give NumPy; torch tensors give torch."""
         if isinstance(x, Tensor):
+            self._check_vector(x, self.shape[0])
             return self.apply_adjoint(x)
         self._check_numpy(x, self.shape[0], "x", allow_2d=False)
         return _owning(super().rmatvec(x))

@@ -313,3 +313,20 @@ def test_error_signal_arguments(gru):
         kpflow.bptt_gradient(traj, readout, "mse", targets)
     with pytest.raises(ValueError, match="loss_fn"):
         kpflow.error_signal(traj, readout, nn.MSELoss(reduction="none"), targets)
+
+
+def test_complex_with_zero_imaginary_part_is_refused_not_cast(gru):
+    P = PropagationOperator(gru.trajectory())
+    n = P.shape[1]
+    with pytest.raises(TypeError, match="x.*complex"):
+        P.matvec(np.ones(n, dtype=np.complex128))
+
+
+def test_torch_matvec_refuses_several_columns(gru):
+    P = PropagationOperator(gru.trajectory())
+    n = P.shape[1]
+    with pytest.raises(ValueError, match="matmat"):
+        P.matvec(torch.ones(n, 3, dtype=F64))
+    with pytest.raises(ValueError, match="matmat"):
+        P.rmatvec(torch.ones(n, 2, dtype=F64))
+    assert P.matvec(torch.ones(n, 1, dtype=F64)).shape == (n, 1)
