@@ -25,22 +25,21 @@ DESCRIPTION = textwrap.dedent(
 
 EPILOG = textwrap.dedent(
     """\
-    commands:
-      run       train one model and analyse it at checkpoints
-      sweep     run a grid of gains / seeds / model kinds and tabulate the trends
-      report    render figures and an HTML report from a run or sweep folder
-      analyze   apply the checkpoint analysis once to your own model
-
     examples:
       kpflow run --out runs/memory-pro
       kpflow run --out runs/memory-pro --resume
       kpflow run --out runs/big --preset paper --device cuda
+      kpflow sweep --out runs/gains --gains 0.5 1 2 --seeds 0 1 2
+      kpflow report runs/gains
+      kpflow analyze mymodels.py:trained_gru --out runs/mine
+      kpflow COMMAND --help      options of one command
 
     files written by run (all atomically):
       DIR/config.json        the configuration (reused by --resume)
       DIR/results.jsonl      one JSON record per analysis checkpoint
       DIR/summary.json       loss curve and the final record
       DIR/checkpoints/       model, readout and optimizer state dicts
+      DIR/fig_*.png          figures; DIR/report.html embeds them
 
     exit status: 0 on success, 2 on bad options or unusable folders."""
 )
