@@ -27,6 +27,10 @@ class AnalysisOptions:
     ----------
     top_k : int
         Eigenvalues per spectrum (K, P Pᵀ, P K P*).
+    eig_tol : float
+        Relative accuracy asked of the eigensolver: a summary over training
+        needs a few digits, and P Pᵀ at initialisation has a flat spectrum
+        that costs hundreds of products at machine precision.
     trace_matvecs : int
         Products per randomized trace / Frobenius estimate (effective
         ranks, misdirection).
@@ -37,6 +41,7 @@ class AnalysisOptions:
     """
 
     top_k: int = 10
+    eig_tol: float = 1e-4
     trace_matvecs: int = 40
     lyapunov: bool = True
     seed: int = 0
@@ -126,7 +131,7 @@ def measure(
 
     def spectra() -> None:
         for key, op in (("K", K), ("PPt", PPt), ("PKP", G)):
-            res = an.top_eigs(op, k, seed=seed)
+            res = an.top_eigs(op, k, seed=seed, tol=options.eig_tol)
             lam = np.asarray(res.values, dtype=float)
             record[f"eig_{key}"] = [float(v) for v in lam]
             record[f"eig_{key}_matvecs"] = int(res.num_matvecs)
