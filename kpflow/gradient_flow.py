@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .operator import DEFAULT_CHUNK_SIZE, KPOperator
-from .parameter import Normalization, ParameterJacobian, _scale
+from .parameter import Normalization, ParameterJacobian, _scale, by_columns
 from .propagation import DEFAULT_MEMORY_BUDGET, PropagationOperator, Strategy
 from .trajectory import Trajectory
 
@@ -67,6 +67,15 @@ class GradientFlowOperator(KPOperator):
         return out if self.scale == 1.0 else self.scale * out
 
     _rmv = _mv
+
+    def _mm(self, Q: Tensor) -> Tensor:
+        P, J = self.propagation, self.jacobian
+        if J._lin is None or not P._fast:
+            return super()._mm(Q)
+        out = by_columns(lambda C: P._mm_cols(J._mm_cols(J._rmm_cols(P._rmm_cols(C)))), Q, self.chunk_size)
+        return out if self.scale == 1.0 else self.scale * out
+
+    _rmm = _mm
 
     def _adjoint(self) -> "GradientFlowOperator":
         return self

@@ -31,6 +31,42 @@ __all__ = ["KPOperator", "SumOperator", "ProductOperator", "ScaledOperator", "Ad
 
 DEFAULT_CHUNK_SIZE = 32
 
+#: Threads NumPy's and SciPy's BLAS may use once SciPy drives a kpflow
+#: operator (PITFALLS 13): set to None *before* the first SciPy product to
+#: leave the BLAS pools alone. See :func:`limit_blas_threads`.
+BLAS_THREADS: int | None = 1
+
+_blas_limited = False
+
+
+def limit_blas_threads() -> None:
+    """Limit the BLAS pools of NumPy/SciPy to :data:`BLAS_THREADS`, once per process.
+
+    SciPy's solvers (ARPACK in ``eigsh``/``svds``, ``lsqr``, ``gmres``...)
+    call BLAS on long vectors between products with the operator, and torch
+    runs the products on its own intra-op pool. OpenBLAS workers spin for a
+    while after each call, so on a small machine the two pools fight for the
+    cores and ``eigsh`` on a kpflow operator ran 7× slower than its products
+    (measured in ``benchmarks/``). The first time SciPy applies a kpflow
+    operator through the NumPy interface, kpflow therefore limits the
+    ``blas`` API of threadpoolctl (NumPy's and SciPy's OpenBLAS/MKL; not
+    torch's own pool) to ``BLAS_THREADS`` threads for the rest of the
+    process. The level-1/2 BLAS work of those solvers gains nothing from
+    threads. Restore with ``threadpoolctl.threadpool_limits(None)`` or a
+    ``threadpoolctl`` context; opt out with ``kpflow.operator.BLAS_THREADS = None``.
+    """
+    global _blas_limited
+    if _blas_limited:
+        return
+    _blas_limited = True
+    if BLAS_THREADS is None:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return
+    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+
 
 def _owning(y):
     # SciPy reshapes the kernel's result to (M,) or (M, 1), which returns a
@@ -106,6 +142,8 @@ class KPOperator(LinearOperator):
 
     # ------------------------------------------------------- NumPy path
     def _to_torch(self, x: np.ndarray, name: str = "x") -> Tensor:
+        if not _blas_limited:
+            limit_blas_threads()
         x = np.asarray(x)
         if x.dtype.kind == "c":
             raise TypeError(f"{name}: complex input ({x.dtype}) is not supported by a real operator; "

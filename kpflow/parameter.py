@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 from torch.func import jvp, vjp
 
+from .linearization import CellLinearization, linearize, supports
 from .operator import DEFAULT_CHUNK_SIZE, KPOperator
 from .trajectory import Trajectory
 
@@ -19,6 +21,29 @@ def _check_trajectory(trajectory) -> Trajectory:
     if not isinstance(trajectory, Trajectory):
         raise TypeError(f"trajectory: expected a kpflow.Trajectory, got {type(trajectory).__name__}")
     return trajectory
+
+
+def cell_linearization(trajectory: Trajectory) -> CellLinearization | None:
+    """The hand-derived linearization of a built-in cell at every (b, t), or None.
+
+    Shared by every operator of the trajectory (cached on it). None for user
+    cells, or when ``trajectory._cell_linearization`` is set to False (then the
+    operators use ``torch.func.jvp``/``vjp`` of the step, the reference path).
+    """
+    if not getattr(trajectory, "_cell_linearization", True) or not supports(trajectory.model):
+        return None
+    return trajectory.cached(
+        "cell_linearization",
+        lambda: linearize(trajectory.model, trajectory.parameters(), trajectory.inputs, trajectory.previous_states),
+    )
+
+
+def by_columns(fn, V: Tensor, chunk_size: int | None) -> Tensor:
+    """``fn`` applied to V [n, k] in blocks of at most ``chunk_size`` columns."""
+    k = V.shape[1]
+    if chunk_size is None or k <= chunk_size:
+        return fn(V)
+    return torch.cat([fn(V[:, i : i + chunk_size]) for i in range(0, k, chunk_size)], dim=1)
 
 
 def _scale(trajectory: Trajectory, normalization: str) -> float:
@@ -55,7 +80,9 @@ class ParameterJacobian(KPOperator):
             raise ValueError("trajectory: the model has no parameters in θ (none require grad or params=[])")
         super().__init__((trajectory.size, trajectory.num_params), trajectory.dtype, trajectory.device, chunk_size)
         # Built here, outside any vmap, so that vmapped products can reuse it.
-        self._pullback()
+        self._lin = cell_linearization(trajectory)
+        if self._lin is None:
+            self._pullback()
 
     def _pullback(self):
         traj = self.trajectory
@@ -63,13 +90,48 @@ class ParameterJacobian(KPOperator):
 
     def _mv(self, v: Tensor) -> Tensor:
         traj = self.trajectory
+        if self._lin is not None:
+            return self._lin.tangent(None, traj.vector_to_theta(v)).reshape(-1)
         _, out = jvp(traj.step_all, (traj.theta,), (traj.vector_to_theta(v),))
         return out.reshape(-1)
 
     def _rmv(self, q: Tensor) -> Tensor:
         traj = self.trajectory
+        if self._lin is not None:
+            grads = self._lin.param_cotangent(q.reshape(traj.shape), traj.theta)
+            return torch.cat([grads[n].reshape(-1) for n in traj.theta])
         (grads,) = self._pullback()(q.reshape(traj.shape))
         return traj.theta_to_vector(grads)
+
+    # Batched products with the cell linearization: the k columns ride along
+    # in every GEMM ([rows, I] @ [I, k·G] and [k·G, rows] @ [rows, I]) instead
+    # of going through vmap. Both take and return 2-D [n, k] tensors.
+    def _mm_cols(self, V: Tensor) -> Tensor:
+        traj = self.trajectory
+        k = V.shape[1]
+        dtheta, i = {}, 0
+        for n, ref in traj.theta.items():
+            dtheta[n] = V[i : i + ref.numel()].T.reshape(k, *ref.shape)
+            i += ref.numel()
+        out = self._lin.tangent(None, dtheta, cols=True)  # [B, T, k, S]
+        return out.transpose(-1, -2).reshape(traj.size, k)
+
+    def _rmm_cols(self, Q: Tensor) -> Tensor:
+        traj = self.trajectory
+        k = Q.shape[1]
+        lam = Q.reshape(*traj.shape, k).transpose(-1, -2).contiguous()  # [B, T, k, S]
+        grads = self._lin.param_cotangent(lam, traj.theta, cols=True)
+        return torch.cat([grads[n].reshape(k, -1) for n in traj.theta], dim=1).T
+
+    def _mm(self, V: Tensor) -> Tensor:
+        if self._lin is None:
+            return super()._mm(V)
+        return by_columns(self._mm_cols, V, self.chunk_size)
+
+    def _rmm(self, Q: Tensor) -> Tensor:
+        if self._lin is None:
+            return super()._rmm(Q)
+        return by_columns(self._rmm_cols, Q, self.chunk_size)
 
 
 class ParameterOperator(KPOperator):
@@ -111,6 +173,15 @@ class ParameterOperator(KPOperator):
         return out if self.scale == 1.0 else self.scale * out
 
     _rmv = _mv
+
+    def _mm(self, Q: Tensor) -> Tensor:
+        J = self.jacobian
+        if J._lin is None:
+            return super()._mm(Q)
+        out = by_columns(lambda C: J._mm_cols(J._rmm_cols(C)), Q, self.chunk_size)
+        return out if self.scale == 1.0 else self.scale * out
+
+    _rmm = _mm
 
     def _adjoint(self) -> "ParameterOperator":
         return self

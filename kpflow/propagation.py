@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
 from .operator import DEFAULT_CHUNK_SIZE, KPOperator
-from .parameter import _check_trajectory
+from .parameter import _check_trajectory, by_columns, cell_linearization
 from .trajectory import Trajectory
 
 __all__ = ["PropagationOperator", "InversePropagationOperator", "state_jacobians"]
@@ -25,12 +25,18 @@ def state_jacobians(trajectory: Trajectory, chunk_size: int | None = None) -> Te
 
     Notes
     -----
-    Built in one vectorized pass: S batched jvps over all B·T rows at once
-    (one per basis direction e_j, vmapped), each giving column j of every
-    A_t. Memory B·T·S² — use only when that fits.
+    Built in one vectorized pass. For torch's built-in cells, from the cached
+    cell linearization (:mod:`kpflow.linearization`): the basis directions
+    e_j are pushed through the tangent map by broadcasting, in chunks of
+    columns. For user cells: S batched jvps over all B·T rows at once (one per
+    basis direction e_j, vmapped), each giving column j of every A_t.
+    Memory B·T·S² — use only when that fits.
     """
     traj = trajectory
     B, T, S = traj.shape
+    lin = cell_linearization(traj)
+    if lin is not None:
+        return lin.dense_state_jacobians((B, T), S).transpose(0, 1)  # stored time-major
     prev = traj.previous_states
 
     def column(e: Tensor) -> Tensor:
@@ -66,36 +72,74 @@ class _PropagatorBase(KPOperator):
         self.memory_budget = memory_budget
         n = trajectory.size
         super().__init__((n, n), trajectory.dtype, trajectory.device, chunk_size)
+        self._steps = None
         if self.strategy == "materialize":
             self.jacobians: Tensor | None = trajectory.cached("state_jacobians", lambda: state_jacobians(trajectory))
+            # Time-major storage [T, B, S, S]: A_t is one contiguous block (a
+            # view, no copy, when the Jacobians were built time-major).
+            self._dense = self.jacobians.transpose(0, 1).contiguous()
         else:
             self.jacobians = None
+            lin = cell_linearization(trajectory)
+            if lin is not None:
+                self._lin = lin
+                self._steps = lin.steps(trajectory.num_steps)
 
     def _options(self) -> dict:
         return dict(jacobians=self.strategy, chunk_size=self.chunk_size, memory_budget=self.memory_budget)
 
     # A_t d for all trials at one step t (0-based: A at index t maps the state
     # before step t, previous_states[:, t], to states[:, t]).
-    def _A(self, t: int, d: Tensor) -> Tensor:
+    # With cols=True (the batched paths below), d carries k columns after
+    # the batch dimension: [B, k, S] per step, [B, T, k, S] for all steps.
+    @property
+    def _fast(self) -> bool:
+        return self.jacobians is not None or self._steps is not None
+
+    def _A(self, t: int, d: Tensor, cols: bool = False) -> Tensor:
         if self.jacobians is not None:
-            return torch.einsum("bij,bj->bi", self.jacobians[:, t], d)
+            if cols:  # d [B, k, S]
+                return torch.bmm(d, self._dense[t].transpose(-1, -2))
+            return torch.bmm(self._dense[t], d.unsqueeze(-1)).squeeze(-1)
+        if self._steps is not None:
+            return self._steps[t].state_tangent(d, cols)
         traj = self.trajectory
         x_t, z_prev = traj.inputs[:, t], traj.previous_states[:, t]
         return jvp(lambda z: traj.step(traj.theta, x_t, z), (z_prev,), (d,))[1]
 
-    def _AT(self, t: int, lam: Tensor) -> Tensor:
+    def _AT(self, t: int, lam: Tensor, cols: bool = False) -> Tensor:
         if self.jacobians is not None:
-            return torch.einsum("bij,bi->bj", self.jacobians[:, t], lam)
+            if cols:
+                return torch.bmm(lam, self._dense[t])
+            return torch.bmm(lam.unsqueeze(-2), self._dense[t]).squeeze(-2)
+        if self._steps is not None:
+            return self._steps[t].state_cotangent(lam, cols)
         traj = self.trajectory
         x_t, z_prev = traj.inputs[:, t], traj.previous_states[:, t]
         return vjp(lambda z: traj.step(traj.theta, x_t, z), z_prev)[1](lam)[0]
 
     # A_t d_t at every (b, t) at once, with d [B, T, S].
-    def _A_all(self, d: Tensor) -> Tensor:
+    def _A_all(self, d: Tensor, cols: bool = False) -> Tensor:
         if self.jacobians is not None:
-            return torch.einsum("btij,btj->bti", self.jacobians, d)
+            return self._dense_all(d, cols, adjoint=False)
+        if self._steps is not None:
+            return self._lin.state_tangent(d, cols)
         traj = self.trajectory
         return jvp(lambda z: traj.step_all(previous=z), (traj.previous_states,), (d,))[1]
+
+    def _dense_all(self, d: Tensor, cols: bool, adjoint: bool) -> Tensor:
+        """A_t d_t (or A_tᵀ d_t) at every (b, t) with the time-major dense Jacobians."""
+        T, B, S, _ = self._dense.shape
+        A = self._dense.reshape(T * B, S, S)
+        if adjoint:
+            A = A.transpose(-1, -2)
+        x = d.transpose(0, 1)  # [T, B, (k,) S]
+        if cols:
+            k = x.shape[-2]
+            y = torch.bmm(x.reshape(T * B, k, S), A.transpose(-1, -2)).reshape(T, B, k, S)
+        else:
+            y = torch.bmm(A, x.reshape(T * B, S, 1)).reshape(T, B, S)
+        return y.transpose(0, 1)
 
     def _state_pullback(self):
         traj = self.trajectory
@@ -103,41 +147,87 @@ class _PropagatorBase(KPOperator):
             "state_vjp", lambda: vjp(lambda z: traj.step_all(previous=z), traj.previous_states)[1]
         )
 
-    def _AT_all(self, lam: Tensor) -> Tensor:
+    def _AT_all(self, lam: Tensor, cols: bool = False) -> Tensor:
         if self.jacobians is not None:
-            return torch.einsum("btij,bti->btj", self.jacobians, lam)
+            return self._dense_all(lam, cols, adjoint=True)
+        if self._steps is not None:
+            return self._lin.state_cotangent(lam, cols)
         return self._state_pullback()(lam)[0]
 
-    def _forward_scan(self, q: Tensor) -> Tensor:
-        q = q.reshape(self.trajectory.shape)
+    # Flat [N] vectors, or [N, k] blocks when cols=True (then the work
+    # happens on [B, T, k, S], the k columns riding along in every GEMM).
+    def _unflat(self, q: Tensor, cols: bool) -> Tensor:
+        if not cols:
+            return q.reshape(self.trajectory.shape)
+        return q.reshape(*self.trajectory.shape, q.shape[1]).transpose(-1, -2)
+
+    def _flat(self, y: Tensor, cols: bool) -> Tensor:
+        if not cols:
+            return y.reshape(-1)
+        return y.transpose(-1, -2).reshape(self.trajectory.size, y.shape[-2])
+
+    def _forward_scan(self, q: Tensor, cols: bool = False) -> Tensor:
+        q = self._unflat(q, cols)
         d = q[:, 0]
         out = [d]
-        for t in range(1, q.shape[1]):
-            d = self._A(t, d) + q[:, t]
-            out.append(d)
-        return torch.stack(out, dim=1).reshape(-1)
+        if self._steps is not None and self.jacobians is None:
+            # The hot loop of the cell linearization: A_t d is a fresh tensor,
+            # q_t is added in place.
+            steps = self._steps
+            for t in range(1, q.shape[1]):
+                d = steps[t].state_tangent(d, cols).add_(q[:, t])
+                out.append(d)
+        else:
+            for t in range(1, q.shape[1]):
+                d = self._A(t, d, cols) + q[:, t]
+                out.append(d)
+        return self._flat(torch.stack(out, dim=1), cols)
 
-    def _backward_scan(self, q: Tensor) -> Tensor:
-        q = q.reshape(self.trajectory.shape)
+    def _backward_scan(self, q: Tensor, cols: bool = False) -> Tensor:
+        q = self._unflat(q, cols)
         T = q.shape[1]
         lam = q[:, T - 1]
         out = [lam]
-        for t in range(T - 2, -1, -1):
-            lam = q[:, t] + self._AT(t + 1, lam)
-            out.append(lam)
-        return torch.stack(out[::-1], dim=1).reshape(-1)
+        if self._steps is not None and self.jacobians is None:
+            steps = self._steps
+            for t in range(T - 2, -1, -1):
+                lam = steps[t + 1].state_cotangent(lam, cols).add_(q[:, t])
+                out.append(lam)
+        else:
+            for t in range(T - 2, -1, -1):
+                lam = q[:, t] + self._AT(t + 1, lam, cols)
+                out.append(lam)
+        return self._flat(torch.stack(out[::-1], dim=1), cols)
 
-    def _difference(self, q: Tensor) -> Tensor:
+    def _difference(self, q: Tensor, cols: bool = False) -> Tensor:
         # (P⁻¹ q)_t = q_t − A_t q_{t-1}, q_{-1} = 0: parallel over time.
-        q = q.reshape(self.trajectory.shape)
+        q = self._unflat(q, cols)
         shifted = torch.cat([torch.zeros_like(q[:, :1]), q[:, :-1]], dim=1)
-        return (q - self._A_all(shifted)).reshape(-1)
+        return self._flat(q - self._A_all(shifted, cols), cols)
 
-    def _difference_adjoint(self, lam: Tensor) -> Tensor:
+    def _difference_adjoint(self, lam: Tensor, cols: bool = False) -> Tensor:
         # (P⁻ᵀ λ)_t = λ_t − A_{t+1}ᵀ λ_{t+1}, λ_T = 0.
-        lam = lam.reshape(self.trajectory.shape)
-        back = self._AT_all(lam)  # back[:, s] = A_sᵀ λ_s; A_0 acts on the fixed z_0
-        return (lam - torch.cat([back[:, 1:], torch.zeros_like(back[:, :1])], dim=1)).reshape(-1)
+        lam = self._unflat(lam, cols)
+        if cols:
+            lam = lam.contiguous()
+        back = self._AT_all(lam, cols)  # back[:, s] = A_sᵀ λ_s; A_0 acts on the fixed z_0
+        return self._flat(lam - torch.cat([back[:, 1:], torch.zeros_like(back[:, :1])], dim=1), cols)
+
+    def _mm_cols(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _rmm_cols(self, V: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _mm(self, V: Tensor) -> Tensor:
+        if not self._fast:
+            return super()._mm(V)
+        return by_columns(self._mm_cols, V, self.chunk_size)
+
+    def _rmm(self, V: Tensor) -> Tensor:
+        if not self._fast:
+            return super()._rmm(V)
+        return by_columns(self._rmm_cols, V, self.chunk_size)
 
 
 class PropagationOperator(_PropagatorBase):
@@ -174,6 +264,12 @@ class PropagationOperator(_PropagatorBase):
     def _rmv(self, q: Tensor) -> Tensor:
         return self._backward_scan(q)
 
+    def _mm_cols(self, V: Tensor) -> Tensor:
+        return self._forward_scan(V, cols=True)
+
+    def _rmm_cols(self, V: Tensor) -> Tensor:
+        return self._backward_scan(V, cols=True)
+
     def inverse(self) -> "InversePropagationOperator":
         """P⁻¹, with no solve: (P⁻¹ q)_t = q_t − A_t q_{t-1}."""
         return InversePropagationOperator(self.trajectory, **self._options())
@@ -194,7 +290,7 @@ class InversePropagationOperator(_PropagatorBase):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.jacobians is None:
+        if self.jacobians is None and self._steps is None:
             self._state_pullback()  # built outside any vmap, reused by every product
 
     def _mv(self, q: Tensor) -> Tensor:
@@ -202,6 +298,12 @@ class InversePropagationOperator(_PropagatorBase):
 
     def _rmv(self, q: Tensor) -> Tensor:
         return self._difference_adjoint(q)
+
+    def _mm_cols(self, V: Tensor) -> Tensor:
+        return self._difference(V, cols=True)
+
+    def _rmm_cols(self, V: Tensor) -> Tensor:
+        return self._difference_adjoint(V, cols=True)
 
     def inverse(self) -> PropagationOperator:
         """P, the inverse of P⁻¹."""
