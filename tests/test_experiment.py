@@ -97,11 +97,23 @@ def test_resume_after_interrupt_gives_same_results(tmp_path, finished_run):
     assert [r["iteration"] for r in partial] == [r["iteration"] for r in reference[:2]]
     records = run_experiment(cfg, out, resume=True, quiet=True)
     assert [r["iteration"] for r in records] == [r["iteration"] for r in reference]
-    got, want = strip(records), strip(reference)
-    for g, w in zip(got, want):
-        assert g.keys() == w.keys()
-        for key in g:
-            assert g[key] == pytest.approx(w[key], rel=1e-5, abs=1e-7), key
+    assert_close(strip(records), strip(json.loads(json.dumps(reference))))
+
+
+def assert_close(got, want, path="records"):
+    """Nested equality with a relative tolerance on floats; None must match None."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), path
+        for key in want:
+            assert_close(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float) and want is not None:
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7), path
+    else:
+        assert got == want, path
 
 
 def test_refuses_to_overwrite_and_checks_resume_config(tmp_path, finished_run):
