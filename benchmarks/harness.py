@@ -22,9 +22,11 @@ above what it held before the call (the output included).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
+import sys
 import statistics
 import tempfile
 import time
@@ -109,7 +111,7 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
         return int(peak)
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +126,24 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int:
             if args.get("Device Type", 0) == 0:  # CPU
                 peak = max(peak, int(args.get("Total Allocated", 0)))
     return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop chatter) inside the block."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (e.g. captured)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class CountingOperator:

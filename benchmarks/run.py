@@ -82,7 +82,9 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--materialize-limit", type=float, default=1.0, help="GB: skip dense Jacobians larger than this")
     p.add_argument("--no-eigs", action="store_true", help="skip top_eigs / eigsh / Hutch++")
-    p.add_argument("--generic", action="store_true", help="also time the torch.func (jvp/vjp) reference path")
+    p.add_argument("--generic", action="store_true", help="also time K·v and P*·v on the torch.func (jvp/vjp) path")
+    p.add_argument("--no-blas-limit", action="store_true",
+                   help="set kpflow.operator.BLAS_THREADS = None (to measure eigsh without kpflow's BLAS thread limit)")
     return p.parse_args(argv)
 
 
@@ -148,18 +150,18 @@ def bench_config(kind, B, T, H, args, device, dtype):
     for name, single in (("K·V16", "K·v"), ("P·V16", "P·v"), ("PKP*·V16", "PKP*·v")):
         rec["ops"][name]["per_matvec"] = mstats[name]["median_ms"] / stats[single]["median_ms"]
 
+    # The reference path: the same operators through torch.func.jvp/vjp of the
+    # plain-op step (what user cells get), without the hand-derived linearization.
+    tg = kp.Trajectory(model, x)
+    tg._cell_linearization = False
+    Pg = kp.PropagationOperator(tg)
+    generic = {"P·v (torch.func)": lambda: Pg.apply(v)}
     if args.generic:
-        tg = kp.Trajectory(model, x)
-        tg._cell_linearization = False
-        Kg, Pg = kp.ParameterOperator(tg), kp.PropagationOperator(tg)
-        _, gstats = interleaved(
-            grad,
-            {"K·v (torch.func)": lambda: Kg.apply(v), "P·v (torch.func)": lambda: Pg.apply(v),
-             "P*·v (torch.func)": lambda: Pg.apply_adjoint(v)},
-            mm_rounds, device,
-        )
-        rec["ops"].update(gstats)
-        del tg, Kg, Pg
+        Kg = kp.ParameterOperator(tg)
+        generic.update({"K·v (torch.func)": lambda: Kg.apply(v), "P*·v (torch.func)": lambda: Pg.apply_adjoint(v)})
+    _, gstats = interleaved(grad, generic, 3 if not args.quick else 2, device)
+    rec["ops"].update(gstats)
+    del tg, Pg, generic
 
     # ---------------------------------------------------- materialized Jacobians
     dense_bytes = N * S * traj.states.element_size()
@@ -181,12 +183,16 @@ def bench_config(kind, B, T, H, args, device, dtype):
         rec["ops"].update(bstats)
         rec["ops"].update(pstats)
         t_build = bstats["materialize build"]["median_ms"]
-        gain = stats["P·v"]["median_ms"] - pstats["P·v (materialized)"]["median_ms"]
-        rec["crossover_products"] = (t_build / gain) if gain > 0 else math.inf
+        t_mat = pstats["P·v (materialized)"]["median_ms"]
+        # products after which building the dense Jacobians has paid off
+        for key, t_free in (("crossover_products", stats["P·v"]["median_ms"]),
+                            ("crossover_vs_torch_func", rec["ops"]["P·v (torch.func)"]["median_ms"])):
+            gain = t_free - t_mat
+            rec[key] = (t_build / gain) if gain > 0 else math.inf
         del Pm
         traj._cache.pop("state_jacobians", None)
     else:
-        rec["crossover_products"] = None
+        rec["crossover_products"] = rec["crossover_vs_torch_func"] = None
 
     # ------------------------------------------------------------------ memory
     mem = {
@@ -198,12 +204,30 @@ def bench_config(kind, B, T, H, args, device, dtype):
         "mem linearization": lambda: linearize(model, traj.parameters(), traj.inputs, traj.previous_states),
     }
     rec["memory"] = {name: peak_extra_bytes(fn, device) / traj_bytes for name, fn in mem.items()}
+    rec["memory"]["mem linearization (kept)"] = kept_bytes(traj) / traj_bytes
 
     # ------------------------------------------------------- spectra and traces
     if not args.no_eigs:
         t_kv = stats["K·v"]["median_ms"] / 1e3
         rec["eigs"] = eig_benchmarks(K, t_kv, grad, device, rec["grad_ms"] / 1e3)
     return rec
+
+
+def kept_bytes(traj) -> int:
+    """Bytes the cached cell linearization keeps (its own coefficient tensors, not the trajectory's)."""
+    lin = traj._cache.get("cell_linearization")
+    if lin is None:
+        return 0
+    seen, total = set(), 0
+    for lay in lin.layers:
+        for t in (lay.coef, lay.aux1, lay.aux2, lay.aux3):
+            if t is None:
+                continue
+            st = t.untyped_storage()
+            if st.data_ptr() not in seen:
+                seen.add(st.data_ptr())
+                total += st.nbytes()
+    return total
 
 
 def eig_benchmarks(K, t_kv, grad, device, t_grad):
@@ -285,12 +309,14 @@ ROWS = [
     ("materialize build", "op"),
     ("P·v (materialized)", "op"),
     ("P*·v (materialized)", "op"),
-    ("crossover (products)", lambda r: _crossover(r)),
+    ("crossover (products)", lambda r: _crossover(r, "crossover_products")),
+    ("crossover vs torch.func", lambda r: _crossover(r, "crossover_vs_torch_func")),
     ("mem P·v", "mem"),
     ("mem P*·v", "mem"),
     ("mem K·v", "mem"),
     ("mem P⁻¹·v", "mem"),
     ("mem PKP*·v", "mem"),
+    ("mem linearization (kept)", "mem"),
     ("mem linearization", "mem"),
     ("top_eigs(K,10)", lambda r: _eig(r, "top_eigs", "ratio")),
     ("top_eigs matvecs", lambda r: _eig(r, "top_eigs", "num_matvecs")),
@@ -303,8 +329,8 @@ ROWS = [
 ]
 
 
-def _crossover(r):
-    c = r.get("crossover_products")
+def _crossover(r, key):
+    c = r.get(key)
     if c is None:
         return f"skip ({r['materialize_MB'] / 1024:.1f} GB)"
     return "never" if math.isinf(c) else f"{c:.0f}"
@@ -390,6 +416,10 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: CUDA is not available in this torch build / on this machine")
     dtype = getattr(torch, args.dtype)
+    if args.no_blas_limit:
+        import kpflow.operator
+
+        kpflow.operator.BLAS_THREADS = None
     if args.threads:
         torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -403,6 +433,11 @@ def main(argv=None):
     env = environment(device)
     print(f"kpflow benchmark: {env['torch']} on {env['device']}, {env['torch_threads']} torch threads, "
           f"{args.dtype}{', quick' if args.quick else ''}", flush=True)
+    load = env.get("loadavg", (0.0,))[0]
+    if device.type == "cpu" and load > 0.5 * (env["cpu_count"] or 1):
+        print(f"warning: load average {load:.1f} on {env['cpu_count']} CPUs: other processes compete for the "
+              "cores and multi-threaded timings (the reference above all) are unreliable; "
+              "compare with --threads 1", flush=True)
     results = []
     t_start = time.perf_counter()
     for B, T, H in sizes:

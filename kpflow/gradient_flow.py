@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .operator import DEFAULT_CHUNK_SIZE, KPOperator
-from .parameter import Normalization, ParameterJacobian, _scale, by_columns
+from .parameter import Normalization, ParameterJacobian, _scale, by_columns, parameter_block
 from .propagation import DEFAULT_MEMORY_BUDGET, PropagationOperator, Strategy
 from .trajectory import Trajectory
 
@@ -72,7 +72,16 @@ class GradientFlowOperator(KPOperator):
         P, J = self.propagation, self.jacobian
         if J._lin is None or not P._fast:
             return super()._mm(Q)
-        out = by_columns(lambda C: P._mm_cols(J._mm_cols(J._rmm_cols(P._rmm_cols(C)))), Q, self.chunk_size)
+        # The scans batch all columns of a chunk (they pay per step), the
+        # all-rows J Jᵀ part runs in cache-sized blocks.
+        block = parameter_block(self.trajectory, self.chunk_size)
+
+        def chunk(C):
+            X = P._rmm_cols(C)
+            X = by_columns(lambda D: J._mm_cols(J._rmm_cols(D)), X, block)
+            return P._mm_cols(X)
+
+        out = by_columns(chunk, Q, self.chunk_size)
         return out if self.scale == 1.0 else self.scale * out
 
     _rmm = _mm

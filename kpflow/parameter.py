@@ -46,6 +46,22 @@ def by_columns(fn, V: Tensor, chunk_size: int | None) -> Tensor:
     return torch.cat([fn(V[:, i : i + chunk_size]) for i in range(0, k, chunk_size)], dim=1)
 
 
+#: Bytes one column of the largest all-rows intermediate (the gate
+#: pre-activations [B, T, G]) may take in a batched parameter-side product
+#: before the columns are processed in smaller blocks. Batching k columns
+#: there costs k× the GEMM flops of one column either way (no work is shared
+#: between columns); what matters is that the intermediates stay in cache.
+BLOCK_BYTES = 2 * 2**20
+
+
+def parameter_block(trajectory: Trajectory, chunk_size: int | None) -> int | None:
+    """Columns per block for the all-rows (parameter-side) products, see :data:`BLOCK_BYTES`."""
+    B, T, S = trajectory.shape
+    per_column = B * T * 4 * S * trajectory.inputs.element_size()
+    auto = max(1, BLOCK_BYTES // max(1, per_column))
+    return auto if chunk_size is None else min(auto, chunk_size)
+
+
 def _scale(trajectory: Trajectory, normalization: str) -> float:
     if normalization == "sum":
         return 1.0
@@ -126,12 +142,12 @@ class ParameterJacobian(KPOperator):
     def _mm(self, V: Tensor) -> Tensor:
         if self._lin is None:
             return super()._mm(V)
-        return by_columns(self._mm_cols, V, self.chunk_size)
+        return by_columns(self._mm_cols, V, parameter_block(self.trajectory, self.chunk_size))
 
     def _rmm(self, Q: Tensor) -> Tensor:
         if self._lin is None:
             return super()._rmm(Q)
-        return by_columns(self._rmm_cols, Q, self.chunk_size)
+        return by_columns(self._rmm_cols, Q, parameter_block(self.trajectory, self.chunk_size))
 
 
 class ParameterOperator(KPOperator):
@@ -178,7 +194,7 @@ class ParameterOperator(KPOperator):
         J = self.jacobian
         if J._lin is None:
             return super()._mm(Q)
-        out = by_columns(lambda C: J._mm_cols(J._rmm_cols(C)), Q, self.chunk_size)
+        out = by_columns(lambda C: J._mm_cols(J._rmm_cols(C)), Q, parameter_block(self.trajectory, self.chunk_size))
         return out if self.scale == 1.0 else self.scale * out
 
     _rmm = _mm
