@@ -87,9 +87,11 @@ class RunConfig:
         if not isinstance(self.task_options, dict):
             raise ValueError(f"task_options: expected a dict, got {type(self.task_options).__name__}")
         try:
-            torch.device(self.device)
+            dev = torch.device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"device: {exc}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {self.device!r} requested but this torch has no CUDA device available")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -214,10 +216,12 @@ def run_experiment(
 
     analyze = analyze or analyze_checkpoint
     out = Path(out)
-    _prepare_folder(out, config, resume)
     cfg = config
     torch.manual_seed(cfg.seed)
+    # Build everything first: a bad task or model name must not leave a
+    # config.json behind that blocks the folder.
     setup = _Setup(cfg)
+    _prepare_folder(out, config, resume)
     params = list(setup.model.parameters()) + list(setup.readout.parameters())
     opt, sched = _make_optimizer(cfg, params)
     schedule = checkpoint_schedule(cfg.iterations, cfg.checkpoints)

@@ -229,3 +229,17 @@ def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kpflow", "--version"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], env={**os.environ})
     assert proc.returncode == 0 and "kpflow" in proc.stdout
+
+
+@pytest.mark.parametrize("change, match", [(dict(task="nope"), "nope"), (dict(model="transformer"), "transformer")])
+def test_failed_start_leaves_folder_usable(tmp_path, change, match):
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match=match):
+        run_experiment(RunConfig(**{**TINY, **change}), out, quiet=True)
+    assert not (out / "config.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="device"):
+        RunConfig(device="cuda")
