@@ -46,6 +46,12 @@ class Estimate:
     num_probes: int = 0
     samples: np.ndarray | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # Plain Python numbers, whatever NumPy scalar type the estimator produced.
+        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "std_error", float(self.std_error))
+        object.__setattr__(self, "num_matvecs", int(self.num_matvecs))
+
     @property
     def exact(self) -> bool:
         """Whether the value is exact (up to rounding)."""
