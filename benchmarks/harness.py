@@ -185,6 +185,8 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
     }
     try:
         info["loadavg"] = os.getloadavg()

@@ -78,7 +78,7 @@ class GradientFlowOperator(KPOperator):
 
         def chunk(C):
             X = P._rmm_cols(C)
-            X = by_columns(lambda D: J._mm_cols(J._rmm_cols(D)), X, block)
+            X = by_columns(lambda D: J._mm_cols(J._rmm_cols(D)), X, block, lambda q: J._mv(J._rmv(q)))
             return P._mm_cols(X)
 
         out = by_columns(chunk, Q, self.chunk_size)

@@ -38,9 +38,17 @@ def cell_linearization(trajectory: Trajectory) -> CellLinearization | None:
     )
 
 
-def by_columns(fn, V: Tensor, chunk_size: int | None) -> Tensor:
-    """``fn`` applied to V [n, k] in blocks of at most ``chunk_size`` columns."""
+def by_columns(fn, V: Tensor, chunk_size: int | None, single=None) -> Tensor:
+    """``fn`` applied to V [n, k] in blocks of at most ``chunk_size`` columns.
+
+    With blocks of one column and a one-vector kernel ``single`` ([n] -> [m]),
+    the columns go through ``single`` (the plain matvec path, cheaper than a
+    one-column block), made contiguous first.
+    """
     k = V.shape[1]
+    if chunk_size == 1 and single is not None:
+        rows = V.T.contiguous()  # strided columns would slow every elementwise kernel
+        return torch.stack([single(rows[i]) for i in range(k)], dim=1)
     if chunk_size is None or k <= chunk_size:
         return fn(V)
     return torch.cat([fn(V[:, i : i + chunk_size]) for i in range(0, k, chunk_size)], dim=1)
@@ -57,7 +65,9 @@ BLOCK_BYTES = 2 * 2**20
 def parameter_block(trajectory: Trajectory, chunk_size: int | None) -> int | None:
     """Columns per block for the all-rows (parameter-side) products, see :data:`BLOCK_BYTES`."""
     B, T, S = trajectory.shape
-    per_column = B * T * 4 * S * trajectory.inputs.element_size()
+    lin = trajectory._cache.get("cell_linearization")
+    width = max([S] + [lay.w_hh.shape[0] for lay in lin.layers]) if lin is not None else 4 * S  # gate width
+    per_column = B * T * width * trajectory.inputs.element_size()
     auto = max(1, BLOCK_BYTES // max(1, per_column))
     return auto if chunk_size is None else min(auto, chunk_size)
 
@@ -142,12 +152,12 @@ class ParameterJacobian(KPOperator):
     def _mm(self, V: Tensor) -> Tensor:
         if self._lin is None:
             return super()._mm(V)
-        return by_columns(self._mm_cols, V, parameter_block(self.trajectory, self.chunk_size))
+        return by_columns(self._mm_cols, V, parameter_block(self.trajectory, self.chunk_size), self._mv)
 
     def _rmm(self, Q: Tensor) -> Tensor:
         if self._lin is None:
             return super()._rmm(Q)
-        return by_columns(self._rmm_cols, Q, parameter_block(self.trajectory, self.chunk_size))
+        return by_columns(self._rmm_cols, Q, parameter_block(self.trajectory, self.chunk_size), self._rmv)
 
 
 class ParameterOperator(KPOperator):
@@ -194,7 +204,10 @@ class ParameterOperator(KPOperator):
         J = self.jacobian
         if J._lin is None:
             return super()._mm(Q)
-        out = by_columns(lambda C: J._mm_cols(J._rmm_cols(C)), Q, parameter_block(self.trajectory, self.chunk_size))
+        out = by_columns(
+            lambda C: J._mm_cols(J._rmm_cols(C)), Q, parameter_block(self.trajectory, self.chunk_size),
+            lambda q: J._mv(J._rmv(q)),
+        )
         return out if self.scale == 1.0 else self.scale * out
 
     _rmm = _mm

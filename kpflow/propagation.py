@@ -308,12 +308,12 @@ class InversePropagationOperator(_PropagatorBase):
     def _mm(self, V: Tensor) -> Tensor:
         if not self._fast:
             return super()._mm(V)
-        return by_columns(self._mm_cols, V, parameter_block(self.trajectory, self.chunk_size))
+        return by_columns(self._mm_cols, V, parameter_block(self.trajectory, self.chunk_size), self._mv)
 
     def _rmm(self, V: Tensor) -> Tensor:
         if not self._fast:
             return super()._rmm(V)
-        return by_columns(self._rmm_cols, V, parameter_block(self.trajectory, self.chunk_size))
+        return by_columns(self._rmm_cols, V, parameter_block(self.trajectory, self.chunk_size), self._rmv)
 
     def inverse(self) -> PropagationOperator:
         """P, the inverse of P⁻¹."""

@@ -168,7 +168,7 @@ def test_finite_differences_of_the_torch_module_itself(kind):
 
 # ------------------------------------------------------- matmat vs matvec
 @pytest.mark.parametrize("reference", [False, True], ids=["default", "reference"])
-@pytest.mark.parametrize("chunk_size", [None, 2, 32])
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 32])
 @pytest.mark.parametrize("kind", ["grucell", "lstm2", "user_tuple"])
 def test_matmat_equals_columnwise_matvec(kind, chunk_size, reference):
     if reference and kind in USER_KINDS:
