@@ -28,7 +28,7 @@ from torch import nn
 from .cells import make_step_map
 from .io import load_checkpoint, read_jsonl, save_checkpoint, write_json, write_jsonl
 
-__all__ = ["RunConfig", "run_experiment", "checkpoint_schedule", "PRESETS"]
+__all__ = ["RunConfig", "run_experiment", "checkpoint_schedule", "run_progress", "PRESETS"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -275,24 +275,26 @@ def run_experiment(
     bar = _progress(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc="training",
                     disable=quiet, unit="it")
     stopped_early = False
-    for it in bar:
-        batch = setup.train_batch(it)
-        opt.zero_grad(set_to_none=True)
-        loss = setup.task.loss(setup.outputs(batch.inputs), batch)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        losses.append(float(loss.detach()))
-        if not quiet and it % 20 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        stop = cfg.early_stop_loss is not None and losses[-1] < cfg.early_stop_loss
-        if it + 1 in schedule or stop or it + 1 == cfg.iterations:
-            checkpoint(it + 1)
-        if stop:
-            stopped_early = True
-            break
-    bar.close()
+    try:
+        for it in bar:
+            batch = setup.train_batch(it)
+            opt.zero_grad(set_to_none=True)
+            loss = setup.task.loss(setup.outputs(batch.inputs), batch)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(float(loss.detach()))
+            if not quiet and it % 20 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            stop = cfg.early_stop_loss is not None and losses[-1] < cfg.early_stop_loss
+            if it + 1 in schedule or stop or it + 1 == cfg.iterations:
+                checkpoint(it + 1)
+            if stop:
+                stopped_early = True
+                break
+    finally:  # an interrupt leaves no half-drawn progress bar behind
+        bar.close()
 
     summary = {
         "config": cfg.to_dict(),
@@ -344,3 +346,56 @@ def _prepare_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
 def load_results(out: str | os.PathLike) -> list[dict]:
     """The checkpoint records of a run folder."""
     return read_jsonl(Path(out) / "results.jsonl")
+
+
+def run_progress(out: str | os.PathLike) -> dict | None:
+    """How far the run in ``out`` got, read from its files (nothing is loaded).
+
+    Returns None when ``out`` holds no ``kpflow run`` (no readable
+    ``config.json`` with an iteration budget), else a dict with
+    ``iterations`` (the budget), ``last_iteration`` (of the latest finished
+    checkpoint, None before the first), ``checkpoints_done``,
+    ``checkpoints_planned``, ``stopped_early`` and ``finished`` (summary.json
+    written: the budget was reached or training stopped early).
+    """
+    out = Path(out)
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not isinstance(config.get("iterations"), int):
+        return None
+    iterations = config["iterations"]
+    try:
+        planned = len(checkpoint_schedule(iterations, int(config.get("checkpoints", RunConfig.checkpoints))))
+    except (TypeError, ValueError):
+        planned = None
+    done: set[int] = set()
+    if (out / "results.jsonl").exists():
+        try:
+            done.update(int(r["iteration"]) for r in read_jsonl(out / "results.jsonl"))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    # the checkpoint file is written before results.jsonl: trust it too
+    latest = _latest_checkpoint(out / "checkpoints")
+    if latest is not None:
+        try:
+            done.add(int(latest.stem.split("_")[1]))
+        except (IndexError, ValueError):
+            pass
+    summary = None
+    if (out / "summary.json").exists():
+        try:
+            summary = json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None
+    stopped_early = bool(isinstance(summary, dict) and summary.get("stopped_early"))
+    last = max(done) if done else None
+    return {
+        "iterations": iterations,
+        "last_iteration": last,
+        "checkpoints_done": len(done),
+        "checkpoints_planned": planned,
+        "stopped_early": stopped_early,
+        "finished": isinstance(summary, dict) and (stopped_early or last == iterations),
+    }

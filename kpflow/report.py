@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .io import atomic_write_bytes, atomic_write_text, read_jsonl
 
-__all__ = ["make_report", "run_figures", "sweep_figures"]
+__all__ = ["make_report", "partial_notice", "run_figures", "sweep_figures"]
 
 OPERATORS = (("K", "K"), ("PPt", "P Pᵀ"), ("PKP", "P K P*"))
 
@@ -33,6 +34,7 @@ def _save(fig, path: Path) -> Path:
     import io
 
     buf = io.BytesIO()
+    fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
@@ -44,12 +46,64 @@ def _rank(record: dict, op: str, kind: str) -> float | None:
 
 
 def _x(records: Sequence[dict]) -> np.ndarray:
-    # log axes need positive iterations: plot initialisation at 0.5
-    return np.array([max(r["iteration"], 0.5) for r in records], dtype=float)
+    return np.array([r["iteration"] for r in records], dtype=float)
+
+
+def _iteration_axis(ax) -> None:
+    """Iterations on a symmetric-log x axis: linear on [0, 1] and logarithmic
+    above, so initialisation is drawn at 0 and labelled 0 (a log axis cannot
+    show iteration 0 at all)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator
+
+    ax.set_xscale("symlog", linthresh=1, linscale=0.5)
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(-0.15, max(hi, 1.0))
+    ax.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=1, base=10, subs=[1.0]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))  # 0, 1, 10, 100, 1,000
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("iteration (0 = initialisation)")
+
+
+def _log_y(ax) -> None:
+    """A readable logarithmic y axis: labels only at powers of ten (no
+    overlapping minor labels when the values are nearly equal), and at least
+    one decade shown so that two labelled ticks are always visible."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    if lo > 0 and np.isfinite(lo) and np.isfinite(hi) and hi / lo < 10:
+        ax.set_ylim(min(lo, 10.0 ** np.floor(np.log10(lo))), max(hi, 10.0 ** np.ceil(np.log10(hi))))
+    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=7))
+    ax.yaxis.set_major_formatter(LogFormatterSciNotation())
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 1.0, numticks=12))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _note(ax, text: str, *, center: bool = False) -> None:
+    """A visible explanation written on a panel."""
+    if center:
+        ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555",
+                wrap=True)
+    else:
+        ax.text(0.02, 0.02, text, transform=ax.transAxes, ha="left", va="bottom", fontsize=7.5, color="#333",
+                bbox=dict(boxstyle="round,pad=0.3", fc="#fff8e0", ec="#d8c27a", alpha=0.9))
+
+
+def _has_lines(ax) -> bool:
+    return bool(ax.lines or ax.collections)
+
+
+def _values(seq) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in seq], dtype=float)
 
 
 def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list[tuple[str, Path]]:
-    """The figures of one run; returns (caption, path) pairs."""
+    """The figures of one run; returns (caption, path) pairs.
+
+    Every axis against training iteration is symmetric-log (linear on
+    [0, 1], logarithmic above), so initialisation sits at iteration 0.
+    """
     plt = _pyplot()
     figs: list[tuple[str, Path]] = []
     x = _x(records)
@@ -57,9 +111,12 @@ def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list
     fig, ax = plt.subplots(figsize=(6, 3.6))
     losses = (summary or {}).get("train_losses") or []
     if losses:
-        ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.8, alpha=0.7, label="training batch")
-    ax.plot(x, [r.get("eval_loss") for r in records], "o-", label="evaluation batch")
-    ax.set(xscale="log", yscale="log", xlabel="iteration", ylabel="loss", title="Loss")
+        # losses[i] is the training batch loss of the model after i updates
+        ax.plot(np.arange(len(losses)), losses, lw=0.8, alpha=0.7, label="training batch")
+    ax.plot(x, _values(r.get("eval_loss") for r in records), "o-", label="evaluation batch")
+    _iteration_axis(ax)
+    _log_y(ax)
+    ax.set(ylabel="loss", title="Loss")
     _legend(ax)
     figs.append(("Loss over training (training batches and the fixed evaluation batch).",
                  _save(fig, folder / "fig_loss.png")))
@@ -67,28 +124,61 @@ def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for kind, ax, label in (("participation", axes[0], "participation ratio (tr A)²/tr A²"),
                             ("var95", axes[1], "modes for 95 % of the variance")):
-        for key, name in OPERATORS:
-            ys = [_rank(r, key, kind) for r in records]
-            if any(v is not None for v in ys):
-                ax.plot(x, [np.nan if v is None else v for v in ys], "o-", label=name)
-        ys = [r.get("pca_dim", {}).get(kind) if isinstance(r.get("pca_dim"), dict) else None for r in records]
-        if any(v is not None for v in ys):
-            ax.plot(x, [np.nan if v is None else v for v in ys], "s--", color="gray", label="hidden states (PCA)")
-        ax.set(xscale="log", yscale="log", xlabel="iteration", ylabel="effective rank", title=label)
+        bounds: set[int] = set()
+        for i, (key, name) in enumerate(OPERATORS):
+            ys = _values(_rank(r, key, kind) for r in records)
+            if np.isfinite(ys).any():
+                ax.plot(x, ys, "o-", color=f"C{i}", label=name)
+            if kind == "var95":
+                # var95 is null when the top-k eigenvalues hold < 95 % of the
+                # trace: the count is then only known to exceed k.
+                low = np.array([len(r[f"eig_{key}"]) if np.isnan(y) and isinstance(r.get(f"rank_{key}"), dict)
+                                and r.get(f"eig_{key}") else np.nan for r, y in zip(records, ys)], dtype=float)
+                if np.isfinite(low).any():
+                    bounds.update(int(v) for v in low[np.isfinite(low)])
+                    # nested sizes keep coinciding bounds of several operators visible
+                    ax.plot(x, low, "^", color=f"C{i}", mfc="none", ms=12 - 3 * i, mew=1.5,
+                            label=f"{name}: > k (lower bound)")
+        ys = _values(r.get("pca_dim", {}).get(kind) if isinstance(r.get("pca_dim"), dict) else None for r in records)
+        if np.isfinite(ys).any():
+            ax.plot(x, ys, "s--", color="gray", label="hidden states (PCA)")
+        ax.set(ylabel="effective rank", title=label)
+        _iteration_axis(ax)
+        if _has_lines(ax):
+            _log_y(ax)
+        else:
+            _note(ax, "not measured in this run", center=True)
+        if bounds:
+            k = "/".join(str(b) for b in sorted(bounds))
+            _note(ax, f"open triangles: the top k = {k} eigenvalues hold < 95 % of the trace,\n"
+                      f"so var95 > {k}; drawn at k as a lower bound (raise --top-k to resolve)")
         _legend(ax, fontsize=8)
-    figs.append(("Effective rank of each operator against training iteration (dynamic collapse).",
+    figs.append(("Effective rank of each operator against training iteration (dynamic collapse). Open "
+                 "triangles mark lower bounds: the top-k eigenvalues hold less than 95 % of the trace.",
                  _save(fig, folder / "fig_effective_rank.png")))
 
+    last = records[-1]
+    compare = [(records[0], "o-", "initialisation" if records[0]["iteration"] == 0
+                else f"iteration {records[0]['iteration']}")]
+    if len(records) > 1:
+        compare.append((last, "s-", f"iteration {last['iteration']}"))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (key, name) in zip(axes, OPERATORS):
-        for rec, style, lab in ((records[0], "o-", "initialisation"), (records[-1], "s-", "end")):
-            vals = rec.get(f"eig_{key}")
-            if vals:
-                v = np.asarray([np.nan if a is None else a for a in vals], dtype=float)
-                ax.plot(np.arange(1, len(v) + 1), v / np.nanmax(v), style, label=f"{lab} (λ₁={np.nanmax(v):.3g})")
-        ax.set(yscale="log", xlabel="index", ylabel="λ / λ₁", title=f"Top spectrum of {name}")
+        for rec, style, lab in compare:
+            v = _values(rec.get(f"eig_{key}") or [])
+            if v.size and np.isfinite(v).any() and np.nanmax(v) > 0:
+                top = np.nanmax(v)
+                ax.plot(np.arange(1, v.size + 1), v / top, style, label=f"{lab} (λ₁={top:.3g})")
+        ax.set(xlabel="index", ylabel="λ / λ₁", title=f"Top spectrum of {name}")
+        if _has_lines(ax):
+            _log_y(ax)
+            lo, _ = ax.get_ylim()
+            ax.set_ylim(lo, 1.6)  # λ/λ₁ ≤ 1: no empty decade above
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        else:
+            _note(ax, "not measured in this run", center=True)
         _legend(ax, fontsize=8)
-    figs.append(("Top eigenvalues, normalised by the largest, at initialisation and at the end.",
+    figs.append(("Top eigenvalues, normalised by the largest, at initialisation and at the last checkpoint.",
                  _save(fig, folder / "fig_spectra.png")))
 
     extra = [(k, lab) for k, lab in (("misdirection", "misdirection  cos(P K P*, P Pᵀ)"),
@@ -98,8 +188,12 @@ def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list
     if extra:
         fig, axes = plt.subplots(1, len(extra), figsize=(4 * len(extra), 3.4), squeeze=False)
         for ax, (k, lab) in zip(axes[0], extra):
-            ax.plot(x, [np.nan if r.get(k) is None else r[k] for r in records], "o-")
-            ax.set(xscale="log", xlabel="iteration", title=lab)
+            ax.plot(x, _values(r.get(k) for r in records), "o-")
+            ax.set(title=lab)
+            _iteration_axis(ax)
+            if k == "kaplan_yorke":  # a dimension: no negative axis when every value is 0
+                lo, hi = ax.get_ylim()
+                ax.set_ylim(max(lo, -0.05 * max(hi, 1.0)), max(hi, 1.0))
         figs.append(("Misdirection, alignment of the predicted and actual change of the states, "
                      "and the Lyapunov (Kaplan–Yorke) dimension over training.",
                      _save(fig, folder / "fig_dynamics.png")))
@@ -166,7 +260,8 @@ def _table(rows: list[dict], columns: Sequence[str]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}img{max-width:100%;margin:0.5em 0}figcaption{color:#555;font-size:0.9em}
-pre{background:#f7f7f7;padding:0.8em;overflow-x:auto}"""
+pre{background:#f7f7f7;padding:0.8em;overflow-x:auto}
+.partial{background:#fff4d6;border:1px solid #e0b84c;border-radius:4px;padding:0.8em 1em;margin:1em 0}"""
 
 
 def _key_rows(records: list[dict]) -> list[dict]:
@@ -180,6 +275,31 @@ def _key_rows(records: list[dict]) -> list[dict]:
         row["Kaplan–Yorke"] = r.get("kaplan_yorke")
         rows.append(row)
     return rows
+
+
+def _partial(folder: str | os.PathLike, records: Sequence[dict] | None) -> tuple[str, str] | None:
+    from .experiment import run_progress
+
+    progress = run_progress(folder)
+    if progress is None or progress["finished"]:
+        return None
+    done = len(records) if records is not None else progress["checkpoints_done"]
+    last = records[-1]["iteration"] if records else progress["last_iteration"]
+    planned = progress["checkpoints_planned"]
+    of = f" of {planned}" if planned else ""
+    where = (f"the last at iteration {last} of {progress['iterations']}" if last is not None
+             else f"none of the {progress['iterations']} iterations trained yet")
+    text = (f"This run has not finished: {done}{of} checkpoints so far, {where} (no summary.json yet). "
+            "The numbers and figures below cover only the finished checkpoints.")
+    return text, f"kpflow run --resume {shlex.quote(str(folder))}"
+
+
+def partial_notice(folder: str | os.PathLike, records: Sequence[dict] | None = None) -> str | None:
+    """A sentence saying that the run in ``folder`` is unfinished and how to
+    continue it; None for a finished run or a folder that is not a ``kpflow run``
+    (e.g. one written by ``kpflow analyze``)."""
+    found = _partial(folder, records)
+    return None if found is None else f"{found[0]} Continue it with: {found[1]}"
 
 
 def make_report(folder: str | os.PathLike) -> Path:
@@ -209,11 +329,23 @@ def make_report(folder: str | os.PathLike) -> Path:
             raise ValueError(f"folder: {folder}/results.jsonl holds no checkpoint yet")
         summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else None
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        partial = _partial(folder, records)
+        if partial:
+            text, command = partial
+            parts.append(f'<div class="partial"><strong>Partial run.</strong> {html.escape(text)} '
+                         f'Continue it with <code>{html.escape(command)}</code> '
+                         '(the report is rendered again when the run finishes).</div>')
         parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
         rows = _key_rows(records)
         parts.append("<h2>Key numbers per checkpoint</h2>" + _table(rows, list(rows[0])))
         for caption, path in run_figures(folder, records, summary):
             parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    elif (folder / "sweep_config.json").exists():
+        raise FileNotFoundError(
+            f"folder: {folder} holds an unfinished sweep (sweep_config.json but no sweep.json yet); continue it "
+            "by running the same kpflow sweep command on this folder again, which renders the report at the end; "
+            "the finished runs in its sub-folders can be reported one by one with kpflow report"
+        )
     else:
         raise FileNotFoundError(f"folder: {folder} holds neither results.jsonl (a run) nor sweep.json (a sweep)")
     parts.append("</body></html>\n")

@@ -190,7 +190,8 @@ def test_cli_sweep_and_report(tmp_path, capsys):
     sets = ["--set", "hidden_size=5", "--set", "iterations=6", "--set", "checkpoints=2", "--set", "eval_batch_size=2",
             "--set", "top_k=2", "--set", "batch_size=4", "--set",
             'task_options={"stimulus_steps": 2, "memory_steps": 2, "response_steps": 2}', "--set", "lyapunov=false"]
-    code = cli.main(["sweep", "--out", str(out), "--gains", "0.5", "1.5", "--seeds", "0", "1", "--quiet", *sets])
+    grid = ["--gains", "0.5", "1.5", "--seeds", "0", "1", "--models", "gru"]
+    code = cli.main(["sweep", "--out", str(out), *grid, "--quiet", *sets])
     assert code == 0
     table = capsys.readouterr().out
     assert "| gru | 0.5 | 2 |" in table and "| gru | 1.5 | 2 |" in table
@@ -200,7 +201,7 @@ def test_cli_sweep_and_report(tmp_path, capsys):
     assert (out / "report.html").stat().st_size > 1000
     assert len(list(out.glob("gru_g*_s*/results.jsonl"))) == 4
     # running again continues (nothing to do) and gives the same table
-    assert cli.main(["sweep", "--out", str(out), "--gains", "0.5", "1.5", "--seeds", "0", "1", "--quiet", *sets]) == 0
+    assert cli.main(["sweep", "--out", str(out), *grid, "--quiet", *sets]) == 0
     assert capsys.readouterr().out == table
 
 
