@@ -38,11 +38,69 @@ def _active_dropout(model: nn.Module) -> list[str]:
     return found
 
 
-def _probe_transforms(step: Callable, theta: dict, x: Tensor, z: Tensor) -> None:
-    """Run jvp, vjp and vmap once on a user cell so failures are named early."""
+def _tuple_state_error(
+    model: Callable, x: Tensor, h: Tensor, exc: Exception, batch_size: int, h0_given: bool
+) -> ValueError | None:
+    """The error for a cell with a tuple state (e.g. LSTM-like (h, c)) given a single-tensor state.
+
+    Without h0 a user cell's state is one tensor [B, hidden_size]; a cell that
+    unpacks its state, or returns a tuple, then fails deep inside. Returns
+    None when the failure does not look like that. ``h`` is the state as the
+    cell received it, [1, ...].
+    """
+    shape = ", ".join(["B", *map(str, h.shape[1:])])
+    state = (f"h0 is a single tensor, so the cell {type(model).__name__} was called with a state of shape "
+             f"[{shape}]" if h0_given else
+             f"no h0 was given, so the cell {type(model).__name__} was called with a single state tensor of "
+             f"shape [{shape}] (from its hidden_size)")
+    shapes = None
+    if isinstance(exc, (ValueError, TypeError)) and "unpack" in str(exc):
+        why = f"it failed unpacking that state ({type(exc).__name__}: {exc})"
+    else:
+        try:
+            with torch.no_grad():
+                out = model(x, h)
+        except Exception:  # noqa: BLE001 - only a diagnosis
+            return None
+        if not (isinstance(out, (tuple, list)) and len(out) >= 2 and all(isinstance(o, Tensor) for o in out)):
+            return None
+        shapes = [tuple(o.shape[1:]) for o in out]
+        why = f"it returned a {type(out).__name__} of {len(out)} tensors"
+    dtype = "" if h.dtype == torch.float32 else f", dtype={h.dtype}"
+    example = ", ".join(f"torch.zeros({', '.join(map(str, (batch_size, *s)))}{dtype})"
+                        for s in (shapes or [tuple(h.shape[1:])] * 2))
+    return ValueError(
+        f"h0: {state}, but {why}. A cell whose state is a tuple, such as an "
+        "LSTM-like (h, c), needs an explicit h0: a tuple with one tensor [B, ...] per state element, "
+        f"e.g. h0=({example})" + ("" if shapes else " for (h, c)")
+    )
+
+
+def _probe_transforms(
+    step: Callable,
+    theta: dict,
+    x: Tensor,
+    z: Tensor,
+    *,
+    model: Callable | None = None,
+    state: Tensor | None = None,
+    batch_size: int = 1,
+    h0_given: bool = True,
+) -> None:
+    """Run jvp, vjp and vmap once on a user cell so failures are named early.
+
+    ``model`` and ``state`` (the state as the cell receives it) are given when
+    the cell's state is a single tensor (h0 a tensor, or none and
+    ``model.hidden_size``): a failure is then checked for a cell that expects
+    a tuple state.
+    """
     try:
         step(theta, x, z)
     except Exception as exc:  # noqa: BLE001 - re-raised with a diagnosis
+        if model is not None and state is not None:
+            tuple_error = _tuple_state_error(model, x, state, exc, batch_size, h0_given)
+            if tuple_error is not None:
+                raise tuple_error from exc
         raise TypeError(
             f"model: calling it as a cell, model(x_t, h) -> h_next, failed ({type(exc).__name__}: {exc}); "
             f"expected {SUPPORTED}"
@@ -212,7 +270,11 @@ class Trajectory:
         self.device: torch.device = device
 
         if not isinstance(model, (nn.RNNBase, nn.RNNCellBase)):
-            _probe_transforms(self.step, self.theta, self.inputs[:1, 0], self.h0[:1])
+            single = not self.step_map.layout.is_tuple
+            _probe_transforms(self.step, self.theta, self.inputs[:1, 0], self.h0[:1],
+                              model=model if single else None,
+                              state=self.step_map.layout.split(self.h0[:1])[0] if single else None,
+                              batch_size=B, h0_given=h0 is not None)
 
         with torch.no_grad():
             self.states: Tensor = self.rollout()

@@ -93,6 +93,45 @@ def test_user_cell_needs_h0_or_hidden_size():
         kpflow.Trajectory(cell, x, h0="zeros")
 
 
+class _LSTMLike(nn.Module):
+    """A user cell whose state is a tuple (h, c), like an LSTM."""
+
+    hidden_size = 3
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2 + 3, 2 * 3).double()
+
+    def forward(self, x, state):
+        h, c = state
+        a, b = self.lin(torch.cat([x, h], -1)).chunk(2, -1)
+        c = torch.sigmoid(a) * c + torch.tanh(b)
+        return torch.tanh(c), c
+
+
+def test_tuple_state_cell_without_h0_names_h0():
+    cell, x = _LSTMLike(), torch.zeros(4, 3, 2, dtype=F64)
+    with pytest.raises(ValueError, match=r"h0.*tuple.*\(h, c\).*h0=\(torch\.zeros\(4, 3, dtype=torch\.float64\), "
+                                         r"torch\.zeros\(4, 3, dtype=torch\.float64\)\)"):
+        kpflow.Trajectory(cell, x)
+    with pytest.raises(ValueError, match="h0 is a single tensor"):  # h without c
+        kpflow.Trajectory(cell, x, h0=torch.zeros(4, 3, dtype=F64))
+    h0 = (torch.zeros(4, 3, dtype=F64), torch.zeros(4, 3, dtype=F64))
+    assert kpflow.Trajectory(cell, x, h0=h0).shape == (4, 3, 6)  # the fix the message names works
+
+
+def test_cell_returning_a_tuple_without_h0_names_h0_and_shapes():
+    class ReturnsPair(nn.Module):
+        hidden_size = 3
+
+        def forward(self, x, h):  # accepts a tensor but returns (h, c) with c of another size
+            return torch.tanh(h), torch.zeros(h.shape[0], 5, dtype=h.dtype)
+
+    with pytest.raises(ValueError, match=r"h0.*returned a tuple of 2 tensors.*torch\.zeros\(2, 3, dtype=torch\.float64\), "
+                                         r"torch\.zeros\(2, 5, dtype=torch\.float64\)"):
+        kpflow.Trajectory(ReturnsPair(), torch.zeros(2, 3, 2, dtype=F64))
+
+
 # ------------------------------------------------------------------ vectors
 @pytest.mark.parametrize("which", ["J", "K", "P", "Pinv", "G"])
 def test_vectors_wrong_length(gru, which):
