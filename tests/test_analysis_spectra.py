@@ -222,6 +222,48 @@ def test_top_eigs_of_K_and_PKP_match_dense_and_reshape():
             np.testing.assert_allclose(dense @ V, V * res.values, atol=1e-6 * res.values[0])
 
 
+def test_dual_gram_solve_matches_dense_and_primal():
+    traj = tiny_gru(B=8, T=10, I=2, H=4)  # N = 320, p = 96: 2p <= N, so "auto" solves on c Fᵀ F
+    J = kpflow.ParameterJacobian(traj)
+    ops = {
+        "K": kpflow.ParameterOperator(traj),
+        "K mean": kpflow.ParameterOperator(traj, normalization="mean"),
+        "PKP*": kpflow.GradientFlowOperator(traj),
+        "2 J Jᵀ": 2.0 * (J @ J.H),
+    }
+    for name, op in ops.items():
+        dense = op.to_dense().numpy()
+        dual = top_eigs(op, 5, method="arpack", seed=0, return_vectors=True)
+        primal = top_eigs(op, 5, method="arpack", seed=0, return_vectors=True, dual=False)
+        assert "dual" in dual.method and "dual" not in primal.method, name
+        np.testing.assert_allclose(dual.values, _true_top(dense, 5), rtol=1e-9, err_msg=name)
+        V = dual.vectors.reshape(5, -1).numpy().T
+        np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0, rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(dense @ V, V * dual.values, atol=1e-9 * dual.values[0], err_msg=name)
+        # same sign convention, so the same vectors as the primal solve
+        np.testing.assert_allclose(dual.vectors.numpy(), primal.vectors.numpy(), atol=1e-8, err_msg=name)
+        assert dual.num_matvecs > 0
+
+
+def test_dual_is_not_used_when_it_does_not_pay_or_cannot():
+    small_n = tiny_gru(B=3, T=10, I=2, H=4)  # N = 120 < 2p = 192
+    assert "dual" not in top_eigs(kpflow.ParameterOperator(small_n), 3, method="arpack", seed=0).method
+    traj = tiny_gru(B=8, T=10, I=2, H=4)
+    K = kpflow.ParameterOperator(traj)
+    v0 = np.ones(K.shape[0])
+    assert "dual" not in top_eigs(K, 3, method="arpack", v0=v0).method  # v0 lives in trajectory space
+    with pytest.raises(ValueError, match="dual"):
+        top_eigs(K, 3, method="arpack", v0=v0, dual=True)
+    with pytest.raises(ValueError, match="dual"):
+        top_eigs(DenseOperator(psd_low_rank(300, 30, seed=1), psd=True), 3, method="arpack", dual=True)
+    P = kpflow.PropagationOperator(traj)
+    assert "dual" not in top_eigs(P @ P.H, 3, method="arpack", seed=0).method  # p = n: nothing to gain
+    # k beyond the rank: still the zero padding of the primal path
+    with pytest.warns(UserWarning, match="rank"):
+        res = top_eigs(K, 96, method="arpack", seed=0)
+    assert res.values.shape == (96,)
+
+
 def test_ppt_is_recognised_as_psd():
     traj = tiny_gru(B=2, T=6, H=3)
     P = kpflow.PropagationOperator(traj)

@@ -29,7 +29,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor
 
 from ..operator import KPOperator, ProductOperator
-from ._operators import as_operator, is_psd, rank_bound, trajectory_shape
+from ._operators import as_operator, gram_factor, is_psd, rank_bound, trajectory_shape
 from ._probes import SeedLike, basis_columns, draw_probes, make_generator
 from ._threads import blas_threads as _limit_blas
 from .dense import DenseOperator
@@ -295,6 +295,7 @@ def top_eigs(
     blas_threads: int | None = 1,
     dense_limit: int = DENSE_LIMIT,
     progress: bool = False,
+    dual: bool | None = None,
 ) -> SpectrumResult:
     """The k top eigenvalues (and eigenvectors) of a symmetric operator.
 
@@ -352,6 +353,12 @@ def top_eigs(
         Largest n that ``method="auto"`` solves densely.
     progress : bool
         Show a tqdm bar over block Krylov restarts.
+    dual : bool, optional
+        ARPACK on the p × p Gram operator c Fᵀ F instead of A = c F Fᵀ
+        (K = J_θ J_θᵀ: F = J_θ; P K P*: F = P J_θ). Default (None): when the
+        structure shows the factor, p ≤ n / 2 and no ``v0`` is given. The
+        nonzero spectrum is the same; ARPACK's own work per product is
+        O(length · ncv), so the shorter vectors cut its overhead by n / p.
 
     Returns
     -------
@@ -378,6 +385,11 @@ def top_eigs(
     r ≤ p) has n − r zero eigenvalues: those are reported as zeros with a
     warning, never an error; beyond a *known* rank bound the eigenvectors are
     not computed and returned as zero vectors.
+
+    Dual solve: with A = c F Fᵀ, F of shape (n, p), the eigenpairs (λ, v)
+    of c Fᵀ F give those of A as (λ, F v / ‖F v‖) for λ > 0 (‖F v‖² = λ / c).
+    Each product with c Fᵀ F costs one product with F and one with Fᵀ, as
+    one product with A does; ``num_matvecs`` counts them.
 
     The block Krylov solver (thick-restarted) keeps ℓ orthonormal Ritz
     vectors U with their products A U, extends them with q = ``depth``
@@ -429,6 +441,26 @@ def top_eigs(
             notes.append(f"k={k_solve} >= n-1={n - 1}: ARPACK cannot, solved densely")
             used = "dense (fallback: k >= n - 1)"
         values, vectors, conv, residuals = _dense(apply, k_solve, which, want)
+    elif method == "arpack" and _use_dual(A, dual, v0, k_solve, which):
+        F, c = gram_factor(A)
+        p = F.shape[1]
+        D = F.H @ F
+        if c != 1.0:
+            D = c * D
+        dual_apply = _Counter(D)
+        gen = make_generator(seed, A.device)
+        v0d = draw_probes((p,), A.torch_dtype, A.device, gen, "gaussian").cpu().numpy()
+        ncv_ = min(p, max(2 * k_solve + 1, 20)) if ncv is None else ncv
+        values, Vd, conv, residuals, _ = _arpack(
+            dual_apply, k_solve, which, want, v0d, 0.0 if tol is None else tol, maxiter, ncv_, blas_threads
+        )
+        apply.count = dual_apply.count
+        used = "arpack (dual: c Fᵀ F)"
+        vectors = None
+        if want:
+            U = F.apply(Vd)
+            norms = torch.linalg.vector_norm(U, dim=0)
+            vectors = torch.where(norms > 0, U / torch.where(norms > 0, norms, 1), torch.zeros_like(U))
     elif method == "arpack":
         if v0 is None:
             gen = make_generator(seed, A.device)
@@ -469,6 +501,23 @@ def top_eigs(
         A, values, vectors, conv, residuals, k, k_solve, r, psd, which, floor, floor_factor,
         apply.count, used, notes, want,
     )
+
+
+def _use_dual(A, dual, v0, k_solve: int, which: str) -> bool:
+    """Whether top_eigs solves on the Gram operator c Fᵀ F (see its ``dual`` parameter)."""
+    fac = gram_factor(A) if dual is not False and which == "LA" else None
+    if fac is None:
+        if dual:
+            raise ValueError("dual: the operator has no known factor A = c F Fᵀ (K, P K P*, X Xᵀ), or which != 'LA'")
+        return False
+    p = fac[0].shape[1]
+    if dual:
+        if v0 is not None:
+            raise ValueError("dual: v0 is a start vector in the operator's space; give one or the other")
+        if k_solve >= p - 1:
+            raise ValueError(f"dual: k = {k_solve} must be below p - 1 = {p - 1} for ARPACK on the p x p Gram operator")
+        return True
+    return v0 is None and 2 * p <= A.shape[0] and k_solve < p - 1
 
 
 def _finish(
