@@ -34,7 +34,7 @@ def _save(fig, path: Path) -> Path:
     import io
 
     buf = io.BytesIO()
-    fig.tight_layout()
+    fig.subplots_adjust(wspace=0.3)  # room for each panel's y label (cheaper than tight_layout)
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
@@ -66,14 +66,16 @@ def _iteration_axis(ax) -> None:
 
 def _log_y(ax) -> None:
     """A readable logarithmic y axis: labels only at powers of ten (no
-    overlapping minor labels when the values are nearly equal), and at least
-    one decade shown so that two labelled ticks are always visible."""
+    overlapping minor labels when the values are nearly equal), and limits
+    widened to whole decades when fewer than two powers of ten would show."""
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
-    if lo > 0 and np.isfinite(lo) and np.isfinite(hi) and hi / lo < 10:
-        ax.set_ylim(min(lo, 10.0 ** np.floor(np.log10(lo))), max(hi, 10.0 ** np.ceil(np.log10(hi))))
+    if lo > 0 and np.isfinite(lo) and np.isfinite(hi):
+        powers = np.floor(np.log10(hi)) - np.ceil(np.log10(lo)) + 1  # powers of ten inside [lo, hi]
+        if powers < 2:  # widen to whole decades so that two labelled ticks show
+            ax.set_ylim(10.0 ** np.floor(np.log10(lo)), 10.0 ** np.ceil(np.log10(hi)))
     ax.yaxis.set_major_locator(LogLocator(base=10, numticks=7))
     ax.yaxis.set_major_formatter(LogFormatterSciNotation())
     ax.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 1.0, numticks=12))
