@@ -338,7 +338,8 @@ def _prepare_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
         return
     if cfg_file.exists() or (out / "results.jsonl").exists():
         raise FileExistsError(
-            f"out: {out} already holds a run; use --resume to continue it or choose another folder"
+            f"out: {out} already holds a run; continue it with kpflow run --resume {out} (resume=True) "
+            "or choose another folder"
         )
     write_json(cfg_file, cfg.to_dict())
 

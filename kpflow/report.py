@@ -291,9 +291,20 @@ def _partial(folder: str | os.PathLike, records: Sequence[dict] | None) -> tuple
     of = f" of {planned}" if planned else ""
     where = (f"the last at iteration {last} of {progress['iterations']}" if last is not None
              else f"none of the {progress['iterations']} iterations trained yet")
-    text = (f"This run has not finished: {done}{of} checkpoints so far, {where} (no summary.json yet). "
-            "The numbers and figures below cover only the finished checkpoints.")
-    return text, f"kpflow run --resume {shlex.quote(str(folder))}"
+    return f"{done}{of} checkpoints so far, {where}", f"kpflow run --resume {shlex.quote(str(folder))}"
+
+
+def _losses_from_checkpoint(folder: Path) -> dict | None:
+    """The training loss curve of an unfinished run, from its latest checkpoint file."""
+    files = sorted((folder / "checkpoints").glob("iter_*.pt")) if (folder / "checkpoints").is_dir() else []
+    if not files:
+        return None
+    try:
+        from .io import load_checkpoint
+
+        return {"train_losses": list(load_checkpoint(files[-1])["train_losses"])}
+    except Exception:  # noqa: BLE001 - the curve is optional; the report goes on without it
+        return None
 
 
 def partial_notice(folder: str | os.PathLike, records: Sequence[dict] | None = None) -> str | None:
@@ -301,7 +312,7 @@ def partial_notice(folder: str | os.PathLike, records: Sequence[dict] | None = N
     continue it; None for a finished run or a folder that is not a ``kpflow run``
     (e.g. one written by ``kpflow analyze``)."""
     found = _partial(folder, records)
-    return None if found is None else f"{found[0]} Continue it with: {found[1]}"
+    return None if found is None else f"unfinished run: {found[0]}; continue it with: {found[1]}"
 
 
 def make_report(folder: str | os.PathLike) -> Path:
@@ -332,10 +343,13 @@ def make_report(folder: str | os.PathLike) -> Path:
         summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else None
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
         partial = _partial(folder, records)
+        if summary is None:
+            summary = _losses_from_checkpoint(folder)
         if partial:
-            text, command = partial
-            parts.append(f'<div class="partial"><strong>Partial run.</strong> {html.escape(text)} '
-                         f'Continue it with <code>{html.escape(command)}</code> '
+            status, command = partial
+            parts.append(f'<div class="partial"><strong>Partial run.</strong> This run has not finished: '
+                         f'{html.escape(status)} (no summary.json yet). The numbers and figures below cover only '
+                         f'the finished checkpoints. Continue it with <code>{html.escape(command)}</code> '
                          '(the report is rendered again when the run finishes).</div>')
         parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
         rows = _key_rows(records)
