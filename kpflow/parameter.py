@@ -47,8 +47,20 @@ def by_columns(fn, V: Tensor, chunk_size: int | None, single=None) -> Tensor:
     """
     k = V.shape[1]
     if chunk_size == 1 and single is not None:
-        rows = V.T.contiguous()  # strided columns would slow every elementwise kernel
-        return torch.stack([single(rows[i]) for i in range(k)], dim=1)
+        # Strided columns would slow every elementwise kernel; the result is
+        # returned as the transposed view of a [k, m] stack (a column-major
+        # [m, k]), which saves a transposing copy of m·k numbers.
+        # Each column's result is copied out at once so that its temporaries
+        # are freed and reused by the next column (keeping all k alive until
+        # a final stack makes every column fault in fresh pages).
+        rows = V.T.contiguous()
+        first = single(rows[0])
+        out = first.new_empty((k, first.shape[0]))
+        out[0] = first
+        del first
+        for i in range(1, k):
+            out[i] = single(rows[i])
+        return out.T
     if chunk_size is None or k <= chunk_size:
         return fn(V)
     return torch.cat([fn(V[:, i : i + chunk_size]) for i in range(0, k, chunk_size)], dim=1)
