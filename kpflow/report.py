@@ -34,7 +34,8 @@ def _save(fig, path: Path) -> Path:
     import io
 
     buf = io.BytesIO()
-    fig.subplots_adjust(wspace=0.3)  # room for each panel's y label (cheaper than tight_layout)
+    # room for each panel's y label and, between rows, for x labels and titles (cheaper than tight_layout)
+    fig.subplots_adjust(wspace=0.3, hspace=0.5)
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
@@ -230,6 +231,10 @@ def sweep_figures(folder: Path, rows: list[dict]) -> list[tuple[str, Path]]:
                 se.append(v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0)
             ax.errorbar(gains, mean, yerr=se, marker="o", capsize=3, label=m)
         ax.set(xlabel="initial gain g", title=lab)
+        if k.startswith("collapse_") and _has_lines(ax):
+            # ratios span orders of magnitude on both sides of 1 (1 = no collapse)
+            ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
+            _log_y(ax)
         _legend(ax, fontsize=8)
     for ax in list(axes.flat)[len(quantities):]:
         ax.axis("off")
