@@ -120,6 +120,11 @@ def measure(
     timings: dict[str, float] = {}
     record: dict[str, Any] = {}
     traj = Trajectory(model, inputs, h0=h0)
+    if not bool(torch.isfinite(traj.states).all()):
+        raise FloatingPointError(
+            f"the hidden states of the analysed trajectory are not finite (inf or nan in {traj.dtype}): "
+            "the dynamics overflow, nothing can be measured"
+        )
     K = ParameterOperator(traj)
     P = PropagationOperator(traj)
     G = GradientFlowOperator(traj)

@@ -48,8 +48,9 @@ EPILOG = textwrap.dedent(
     interrupting: Ctrl-C or SIGTERM stops a run or sweep cleanly; finished
     checkpoints are kept and the command to continue is printed.
 
-    exit status: 0 on success, 2 on bad options or unusable folders,
-    130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM)."""
+    exit status: 0 on success, 1 when training diverged (non-finite loss or
+    parameters; finished checkpoints are kept), 2 on bad options or unusable
+    folders, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM)."""
 )
 
 
@@ -109,7 +110,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--eval-batch-size", type=int, dest="eval_batch_size", metavar="N",
                    help="trials in the fixed analysis batch " + d("eval_batch_size"))
     a.add_argument("--checkpoints", type=int, metavar="N",
-                   help="number of log-spaced analysis checkpoints, ≥ 2 " + d("checkpoints"))
+                   help="number of log-spaced analysis checkpoints, ≥ 2; at most iterations + 1 distinct ones are made " + d("checkpoints"))
     a.add_argument("--top-k", type=int, dest="top_k", metavar="K", help="eigenvalues per spectrum " + d("top_k"))
     a.add_argument("--no-lyapunov", dest="lyapunov", action="store_false", default=None,
                    help="skip the Lyapunov spectrum")
@@ -396,9 +397,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         _resume_folder(args, parser)
     handlers = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "analyze": _cmd_analyze}
+    from .experiment import TrainingDiverged
+
     try:
         with _sigterm_interrupts():
             return handlers[args.command](args)
+    except TrainingDiverged as exc:
+        print(f"kpflow {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, ImportError, OSError) as exc:
         print(f"kpflow {args.command}: error: {exc}", file=sys.stderr)
         return 2

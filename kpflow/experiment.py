@@ -28,7 +28,7 @@ from torch import nn
 from .cells import make_step_map
 from .io import load_checkpoint, read_jsonl, save_checkpoint, write_json, write_jsonl
 
-__all__ = ["RunConfig", "run_experiment", "checkpoint_schedule", "run_progress", "PRESETS"]
+__all__ = ["RunConfig", "run_experiment", "checkpoint_schedule", "run_progress", "PRESETS", "TrainingDiverged"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -70,6 +70,10 @@ class RunConfig:
             positive_int(name)
         if not isinstance(self.checkpoints, int) or self.checkpoints < 2:
             raise ValueError(f"checkpoints: expected an integer ≥ 2 (initialisation and end), got {self.checkpoints!r}")
+        from .models import MODEL_KINDS
+
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"model: expected one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {self.optimizer!r}")
         if self.lr_schedule not in ("constant", "cosine", "step"):
@@ -185,6 +189,10 @@ def _progress(iterable=None, **kw):
     return tqdm(iterable, **kw)
 
 
+class TrainingDiverged(FloatingPointError):
+    """Training produced a non-finite loss or parameters; the finished checkpoints are kept."""
+
+
 def run_experiment(
     config: RunConfig,
     out: str | os.PathLike,
@@ -250,7 +258,19 @@ def run_experiment(
         nonlocal carry
         if iteration in done_iters:
             return
-        record, carry = analyze(setup, carry, quiet=quiet)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise TrainingDiverged(
+                f"training diverged: non-finite parameters at iteration {iteration} (lr {cfg.lr:g}, gain "
+                f"{cfg.gain:g}); the {len(records)} checkpoint(s) before it are kept in {out}; lower --lr or --gain"
+            )
+        try:
+            record, carry = analyze(setup, carry, quiet=quiet)
+        except FloatingPointError as exc:
+            raise TrainingDiverged(
+                f"training diverged: the analysis at iteration {iteration} overflowed ({exc}); lr {cfg.lr:g}, "
+                f"gain {cfg.gain:g}; the {len(records)} checkpoint(s) before it are kept in {out}; "
+                "lower --lr or --gain, or use --dtype float64"
+            ) from exc
         record = {"iteration": iteration, "train_loss": losses[-1] if losses else None, **record}
         records.append(record)
         done_iters.add(iteration)
@@ -280,6 +300,12 @@ def run_experiment(
             batch = setup.train_batch(it)
             opt.zero_grad(set_to_none=True)
             loss = setup.task.loss(setup.outputs(batch.inputs), batch)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training diverged: the loss of iteration {it} is {float(loss)} (lr {cfg.lr:g}, gain "
+                    f"{cfg.gain:g}); the {len(records)} checkpoint(s) before it are kept in {out}; "
+                    "lower --lr or --gain, or set --early-stop-loss"
+                )
             loss.backward()
             opt.step()
             if sched is not None:
@@ -333,13 +359,17 @@ def _prepare_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
             raise FileNotFoundError(f"resume: {out} holds no run to resume (no config.json)")
         saved = RunConfig.from_dict(json.loads(cfg_file.read_text()))
         if saved != cfg:
-            diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items() if getattr(cfg, k) != v}
-            raise ValueError(f"resume: the configuration differs from the saved run in {out}: {diff}")
+            diff = ", ".join(f"{k}: saved {v!r}, requested {getattr(cfg, k)!r}"
+                             for k, v in saved.to_dict().items() if getattr(cfg, k) != v)
+            raise ValueError(
+                f"resume: the configuration differs from the saved run in {out} ({diff}); give no run options "
+                f"with --resume (kpflow run --resume {out} reads them from its config.json) or start a new folder"
+            )
         return
     if cfg_file.exists() or (out / "results.jsonl").exists():
         raise FileExistsError(
-            f"out: {out} already holds a run; continue it with kpflow run --resume {out} (resume=True) "
-            "or choose another folder"
+            f"out: {out} already holds a run; continue it with kpflow run --resume {out} "
+            "(run_experiment(..., resume=True) from Python) or choose another folder"
         )
     write_json(cfg_file, cfg.to_dict())
 

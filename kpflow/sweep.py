@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .experiment import PRESETS, RunConfig, run_experiment
+from .experiment import PRESETS, RunConfig, TrainingDiverged, run_experiment
 from .io import atomic_write_text, read_jsonl, write_json
 
 __all__ = ["SWEEP_PRESETS", "run_sweep", "summarize_run", "summary_table"]
+
+#: Marker file of a run that diverged during training (its message inside).
+DIVERGED = "diverged.json"
 
 #: Base run configurations of a sweep: "laptop" keeps the whole default grid
 #: (3 gains × 3 seeds × GRU and vanilla tanh RNN, 18 runs) within minutes on
@@ -137,17 +141,28 @@ def run_sweep(
     else:
         write_json(cfg_file, sweep_cfg)
 
-    rows = []
+    rows, diverged = [], []
     for i, (m, g, s, cfg) in enumerate(configs, 1):
         folder = out / _run_name(m, g, s)
         if not quiet:
             print(f"[{i}/{len(configs)}] {folder.name}", flush=True)
+        if (folder / DIVERGED).exists():  # a diverged run is not retried: it would diverge again
+            diverged.append(folder.name)
+            continue
         if not (folder / "summary.json").exists():
             resume = (folder / "config.json").exists()
-            run_experiment(cfg, folder, resume=resume, quiet=quiet)
+            try:
+                run_experiment(cfg, folder, resume=resume, quiet=quiet)
+            except TrainingDiverged as exc:
+                write_json(folder / DIVERGED, {"error": str(exc)})
+                print(f"kpflow sweep: {folder.name}: {exc}; left out of the table", file=sys.stderr, flush=True)
+                diverged.append(folder.name)
+                continue
         rows.append(summarize_run(folder, m, g, s))
     table = summary_table(rows)
-    write_json(out / "sweep.json", {"config": sweep_cfg, "rows": rows, "table": table})
+    if diverged:
+        table += f"\n\nDiverged during training, left out: {', '.join(diverged)} (see {DIVERGED} in each folder)."
+    write_json(out / "sweep.json", {"config": sweep_cfg, "rows": rows, "diverged": diverged, "table": table})
     atomic_write_text(out / "summary.md", table + "\n")
     if report:
         from .report import make_report

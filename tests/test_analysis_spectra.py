@@ -328,3 +328,11 @@ def test_bad_arguments_are_named():
         top_eigs(np.ones((3, 4)), 1)
     with pytest.raises(TypeError, match="op:"):
         top_eigs("matrix", 1)
+
+
+def test_non_finite_products_are_named_not_an_arpack_error():
+    A = psd_low_rank(200, 20, seed=3)
+    A[0, 0] = np.inf
+    for method in ("arpack", "block_krylov", "dense"):
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            top_eigs(DenseOperator(A), 3, method=method, seed=0)

@@ -15,7 +15,7 @@ import torch
 
 from kpflow import cli
 from kpflow.checkpoint_analysis import analyze_checkpoint, pca_dimension
-from kpflow.experiment import RunConfig, checkpoint_schedule, run_experiment
+from kpflow.experiment import RunConfig, TrainingDiverged, checkpoint_schedule, run_experiment
 from kpflow.io import load_checkpoint, read_jsonl
 
 TINY = dict(hidden_size=6, iterations=12, batch_size=8, eval_batch_size=3, checkpoints=4, top_k=3,
@@ -120,7 +120,7 @@ def test_refuses_to_overwrite_and_checks_resume_config(tmp_path, finished_run):
     cfg, out, _ = finished_run
     with pytest.raises(FileExistsError, match="--resume"):
         run_experiment(cfg, out, quiet=True)
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(ValueError, match=r"differs.*lr: saved 0\.003, requested 0\.5"):
         run_experiment(cfg.replace(lr=0.5), out, resume=True, quiet=True)
     with pytest.raises(FileNotFoundError, match="resume"):
         run_experiment(cfg, tmp_path / "empty", resume=True, quiet=True)
@@ -244,3 +244,43 @@ def test_failed_start_leaves_folder_usable(tmp_path, change, match):
 def test_cuda_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="device"):
         RunConfig(device="cuda")
+
+
+# ------------------------------------------------------------- divergence
+DIVERGING = dict(TINY, model="rnn_relu", gain=3.0, lr=50.0, iterations=3, checkpoints=2)
+
+
+def test_diverging_run_stops_cleanly_and_keeps_checkpoints(tmp_path):
+    out = tmp_path / "div"
+    with pytest.raises(TrainingDiverged, match=r"training diverged.*lower --lr"):
+        run_experiment(RunConfig(**DIVERGING), out, quiet=True)
+    assert len(read_jsonl(out / "results.jsonl")) >= 1  # initialisation was measured and kept
+    assert not (out / "summary.json").exists()
+
+
+def test_cli_reports_divergence_with_exit_1(tmp_path, capsys, monkeypatch):
+    import kpflow.experiment as experiment
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("training diverged: the loss of iteration 7 is nan")
+
+    monkeypatch.setattr(experiment, "run_experiment", diverge)
+    assert cli.main(["run", "--out", str(tmp_path / "r"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "kpflow run: error: training diverged" in err and "Traceback" not in err
+
+
+def test_sweep_leaves_diverged_runs_out(tmp_path):
+    from kpflow.sweep import DIVERGED, run_sweep
+
+    base = {k: v for k, v in DIVERGING.items() if k not in ("model", "gain")}
+    rows, table = run_sweep(tmp_path, models=["rnn_relu"], gains=[3.0], seeds=[0], overrides=base,
+                            quiet=True, report=False)
+    assert rows == []
+    assert "Diverged during training, left out: rnn_relu_g3_s0" in table
+    marker = tmp_path / "rnn_relu_g3_s0" / DIVERGED
+    assert "training diverged" in json.loads(marker.read_text())["error"]
+    # a second call does not retry it
+    rows2, table2 = run_sweep(tmp_path, models=["rnn_relu"], gains=[3.0], seeds=[0], overrides=base,
+                              quiet=True, report=False)
+    assert rows2 == [] and table2 == table

@@ -113,7 +113,15 @@ class _Counter:
 
     def __call__(self, X: Tensor) -> Tensor:
         self.count += 1 if X.dim() == 1 else X.shape[1]
-        return self.op.apply(X)
+        Y = self.op.apply(X)
+        # A solver fed inf/nan fails far from the cause (ARPACK error -9999,
+        # LAPACK "illegal value"): say what happened instead.
+        if not bool(torch.isfinite(Y).all()):
+            raise FloatingPointError(
+                f"op: a product with the operator returned non-finite values (inf or nan in {Y.dtype}) after "
+                f"{self.count} product(s): its entries overflow; analyse in float64 or at a less extreme point"
+            )
+        return Y
 
 
 def _check_k(k, n: int, name: str = "k") -> int:
