@@ -371,6 +371,11 @@ def _prepare_folder(out: Path, cfg: RunConfig, resume: bool) -> None:
             f"out: {out} already holds a run; continue it with kpflow run --resume {out} "
             "(run_experiment(..., resume=True) from Python) or choose another folder"
         )
+    others = sorted(p.name for p in out.iterdir())
+    if others:
+        # Run files next to unrelated ones would be easy to mix up or overwrite.
+        shown = ", ".join(others[:5]) + (", …" if len(others) > 5 else "")
+        raise FileExistsError(f"out: {out} is not empty ({shown}) and holds no kpflow run; give a new or empty folder")
     write_json(cfg_file, cfg.to_dict())
 
 

@@ -108,6 +108,9 @@ def analyze_user_model(
         loss = lambda outputs: loss_fn(outputs, targets)  # noqa: E731
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "config.json").exists() and any(out.iterdir()):
+        # An earlier analysis here is replaced; unrelated files are not mixed with ours.
+        raise FileExistsError(f"out: {out} is not empty and holds no kpflow analysis; give a new or empty folder")
     options = AnalysisOptions(top_k=top_k, lyapunov=lyapunov, seed=seed)
     record, _ = measure(model, inputs, readout=spec.get("readout"), loss=loss, h0=spec.get("h0"),
                         options=options, quiet=quiet)

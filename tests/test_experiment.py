@@ -284,3 +284,10 @@ def test_sweep_leaves_diverged_runs_out(tmp_path):
     rows2, table2 = run_sweep(tmp_path, models=["rnn_relu"], gains=[3.0], seeds=[0], overrides=base,
                               quiet=True, report=False)
     assert rows2 == [] and table2 == table
+
+
+def test_refuses_a_non_empty_folder_that_is_not_a_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"not empty \(notes.txt\)"):
+        run_experiment(RunConfig(**TINY), tmp_path, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
