@@ -53,24 +53,52 @@ def _x(records: Sequence[dict]) -> np.ndarray:
 def _iteration_axis(ax) -> None:
     """Iterations on a symmetric-log x axis: linear on [0, 1] and logarithmic
     above, so initialisation is drawn at 0 and labelled 0 (a log axis cannot
-    show iteration 0 at all)."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter, SymmetricalLogLocator
+    show iteration 0 at all). Ticks only at 0 and the powers of ten, labelled
+    as whole numbers (never "-0")."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     ax.set_xscale("symlog", linthresh=1, linscale=0.5)
     lo, hi = ax.get_xlim()
-    ax.set_xlim(-0.15, max(hi, 1.0))
-    ax.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=1, base=10, subs=[1.0]))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))  # 0, 1, 10, 100, 1,000
+    hi = max(hi, 1.0)
+    ax.set_xlim(-0.15, hi)
+    ax.xaxis.set_major_locator(FixedLocator([0.0] + [10.0 ** e for e in range(int(np.floor(np.log10(hi))) + 1)]))
+    ax.xaxis.set_major_formatter(FuncFormatter(_whole))  # 0, 1, 10, 100, 1,000
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("iteration (0 = initialisation)")
 
 
-def _log_y(ax) -> None:
+def _whole(v: float, _pos=None) -> str:
+    """A tick label as a whole number with thousands separators; -0 reads 0."""
+    return f"{int(round(v)) + 0:,}"
+
+
+def _positive_y(ax) -> np.ndarray:
+    """The finite, positive y values drawn on ``ax`` (lines, markers, bars)."""
+    values = [np.asarray(line.get_ydata(), dtype=float).ravel() for line in ax.lines]
+    for coll in ax.collections:
+        offsets = np.asarray(coll.get_offsets(), dtype=float)
+        if offsets.ndim == 2 and offsets.shape[1] == 2:
+            values.append(offsets[:, 1])
+        for path in coll.get_paths():  # error bars: their segments
+            values.append(np.asarray(path.vertices, dtype=float)[:, 1])
+    values += [np.array([patch.get_y() + patch.get_height()], dtype=float) for patch in ax.patches
+               if hasattr(patch, "get_height")]
+    v = np.concatenate(values) if values else np.array([])
+    return v[np.isfinite(v) & (v > 0)]
+
+
+def _log_y(ax) -> bool:
     """A readable logarithmic y axis: labels only at powers of ten (no
     overlapping minor labels when the values are nearly equal), and limits
-    widened to whole decades when fewer than two powers of ten would show."""
+    widened to whole decades when fewer than two powers of ten would show.
+
+    Nothing changes when no finite positive value is drawn (a log axis of
+    missing, zero or negative values cannot be drawn): returns whether the
+    axis became logarithmic."""
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
+    if not _positive_y(ax).size:
+        return False
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
     if lo > 0 and np.isfinite(lo) and np.isfinite(hi):
@@ -81,6 +109,7 @@ def _log_y(ax) -> None:
     ax.yaxis.set_major_formatter(LogFormatterSciNotation())
     ax.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 1.0, numticks=12))
     ax.yaxis.set_minor_formatter(NullFormatter())
+    return True
 
 
 def _note(ax, text: str, *, center: bool = False) -> None:
@@ -101,25 +130,67 @@ def _values(seq) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in seq], dtype=float)
 
 
-def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list[tuple[str, Path]]:
+def _analysed(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` was written by ``kpflow analyze``: one checkpoint of a
+    model trained elsewhere (its config.json names the target and has no
+    iteration budget, unlike a ``kpflow run``), so nothing is over training."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "target" in config and not isinstance(config.get("iterations"), int)
+
+
+def _has_loss(records: Sequence[dict]) -> bool:
+    return any(isinstance(r.get(k), (int, float)) and np.isfinite(r[k]) for r in records
+               for k in ("eval_loss", "train_loss"))
+
+
+_NO_LOSS_ANALYSED = "no loss: the analysed model came without readout/targets"
+
+
+def _var95_note(bounds: set[int], mark: str) -> str:
+    k = "/".join(str(b) for b in sorted(bounds))
+    return (f"{mark}: the top k = {k} eigenvalues hold < 95 % of the trace,\n"
+            f"so var95 > {k}; drawn at k as a lower bound (raise --top-k to resolve)")
+
+
+def run_figures(folder: Path, records: list[dict], summary: dict | None, *,
+                analysed: bool | None = None) -> list[tuple[str, Path]]:
     """The figures of one run; returns (caption, path) pairs.
 
     Every axis against training iteration is symmetric-log (linear on
     [0, 1], logarithmic above), so initialisation sits at iteration 0.
+    A folder written by ``kpflow analyze`` (``analysed``; detected from its
+    config.json when None) holds one checkpoint of a model trained elsewhere:
+    its figures compare the operators at that checkpoint, with no iteration
+    axis and no loss curve. Missing, zero or negative series never break a
+    figure: the axis stays linear and the panel says what is missing.
     """
+    folder = Path(folder)
+    if analysed is None:
+        analysed = _analysed(folder)
+    if analysed:
+        return _analysed_figures(folder, records)
     plt = _pyplot()
     figs: list[tuple[str, Path]] = []
     x = _x(records)
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    losses = (summary or {}).get("train_losses") or []
-    if losses:
+    losses = _values((summary or {}).get("train_losses") or [])
+    if np.isfinite(losses).any():
         # losses[i] is the training batch loss of the model after i updates
         ax.plot(np.arange(len(losses)), losses, lw=0.8, alpha=0.7, label="training batch")
-    ax.plot(x, _values(r.get("eval_loss") for r in records), "o-", label="evaluation batch")
+    evals = _values(r.get("eval_loss") for r in records)
+    if np.isfinite(evals).any():
+        ax.plot(x, evals, "o-", label="evaluation batch")
+    if not _has_lines(ax):
+        ax.set_xlim(0, max(float(np.max(x)), 1.0))  # the checkpoints' range, with no curve to span it
     _iteration_axis(ax)
-    _log_y(ax)
     ax.set(ylabel="loss", title="Loss")
+    if not _log_y(ax):
+        ax.set_yticks([])
+        _note(ax, "no loss recorded:\nthe records hold no positive training or evaluation loss", center=True)
     _legend(ax)
     figs.append(("Loss over training (training batches and the fixed evaluation batch).",
                  _save(fig, folder / "fig_loss.png")))
@@ -147,15 +218,10 @@ def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list
             ax.plot(x, ys, "s--", color="gray", label="hidden states (PCA)")
         ax.set(ylabel="effective rank", title=label)
         _iteration_axis(ax)
-        if _has_lines(ax):
-            _log_y(ax)
-        else:
+        if not _log_y(ax):
             _note(ax, "not measured in this run", center=True)
-        if bounds:
-            k = "/".join(str(b) for b in sorted(bounds))
-            _note(ax, f"open triangles: the top k = {k} eigenvalues hold < 95 % of the trace,\n"
-                      f"so var95 > {k}; drawn at k as a lower bound (raise --top-k to resolve)")
-        _legend(ax, fontsize=8)
+        # the explanation of the lower bounds heads the legend, below the panel (it hides no data there)
+        _legend(ax, title=_var95_note(bounds, "open triangles") if bounds else None)
     figs.append(("Effective rank of each operator against training iteration (dynamic collapse). Open "
                  "triangles mark lower bounds: the top-k eigenvalues hold less than 95 % of the trace.",
                  _save(fig, folder / "fig_effective_rank.png")))
@@ -165,22 +231,7 @@ def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list
                 else f"iteration {records[0]['iteration']}")]
     if len(records) > 1:
         compare.append((last, "s-", f"iteration {last['iteration']}"))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, (key, name) in zip(axes, OPERATORS):
-        for rec, style, lab in compare:
-            v = _values(rec.get(f"eig_{key}") or [])
-            if v.size and np.isfinite(v).any() and np.nanmax(v) > 0:
-                top = np.nanmax(v)
-                ax.plot(np.arange(1, v.size + 1), v / top, style, label=f"{lab} (λ₁={top:.3g})")
-        ax.set(xlabel="index", ylabel="λ / λ₁", title=f"Top spectrum of {name}")
-        if _has_lines(ax):
-            _log_y(ax)
-            lo, _ = ax.get_ylim()
-            ax.set_ylim(lo, 1.6)  # λ/λ₁ ≤ 1: no empty decade above
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        else:
-            _note(ax, "not measured in this run", center=True)
-        _legend(ax, fontsize=8)
+    fig = _spectra_figure(plt, compare, "in this run")
     figs.append(("Top eigenvalues, normalised by the largest, at initialisation and at the last checkpoint.",
                  _save(fig, folder / "fig_spectra.png")))
 
@@ -200,6 +251,101 @@ def run_figures(folder: Path, records: list[dict], summary: dict | None) -> list
         figs.append(("Misdirection, alignment of the predicted and actual change of the states, "
                      "and the Lyapunov (Kaplan–Yorke) dimension over training.",
                      _save(fig, folder / "fig_dynamics.png")))
+    return figs
+
+
+def _spectra_figure(plt, compare: Sequence[tuple[dict, str, str]], where: str):
+    """One panel per operator: its top eigenvalues over the largest, one series per (record, style, label)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (key, name) in zip(axes, OPERATORS):
+        for rec, style, lab in compare:
+            v = _values(rec.get(f"eig_{key}") or [])
+            if v.size and np.isfinite(v).any() and np.nanmax(v) > 0:
+                top = np.nanmax(v)
+                ax.plot(np.arange(1, v.size + 1), v / top, style, label=f"{lab} (λ₁={top:.3g})")
+        ax.set(xlabel="index", ylabel="λ / λ₁", title=f"Top spectrum of {name}")
+        if _log_y(ax):
+            lo, _ = ax.get_ylim()
+            ax.set_ylim(lo, 1.6)  # λ/λ₁ ≤ 1: no empty decade above
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        else:
+            _note(ax, f"not measured {where}", center=True)
+        _legend(ax)
+    return fig
+
+
+def _analysed_figures(folder: Path, records: list[dict]) -> list[tuple[str, Path]]:
+    """Figures of a ``kpflow analyze`` folder: one checkpoint of a model trained
+    elsewhere, so the operators are compared side by side (no iteration axis,
+    no training loss)."""
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    figs: list[tuple[str, Path]] = []
+    for stale in ("fig_loss.png", "fig_dynamics.png"):  # over-training figures of earlier report versions
+        (folder / stale).unlink(missing_ok=True)
+    rec = records[-1]  # kpflow analyze writes one record
+    label = "analysed model" if len(records) == 1 else f"analysed model (record {len(records)} of {len(records)})"
+    items = [(key, name, f"C{i}") for i, (key, name) in enumerate(OPERATORS)]
+    items.append(("pca", "hidden states\n(PCA)", "gray"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for kind, ax, title in (("participation", axes[0], "participation ratio (tr A)²/tr A²"),
+                            ("var95", axes[1], "modes for 95 % of the variance")):
+        bounds: set[int] = set()
+        for i, (key, name, color) in enumerate(items):
+            se = None
+            if key == "pca":
+                pca = rec.get("pca_dim")
+                v = pca.get(kind) if isinstance(pca, dict) else None
+            else:
+                v = _rank(rec, key, kind)
+                if kind == "participation":
+                    se = _rank(rec, key, "participation_se")
+            lower = (v is None and kind == "var95" and key != "pca" and isinstance(rec.get(f"rank_{key}"), dict)
+                     and bool(rec.get(f"eig_{key}")))
+            if lower:  # the top k hold < 95 % of the trace: var95 is only known to exceed k
+                v = len(rec[f"eig_{key}"])
+                bounds.add(int(v))
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+                continue
+            ax.bar(i, v, width=0.6, color=color, alpha=0.25 if lower else 0.85, edgecolor=color,
+                   hatch="//" if lower else None, yerr=se if isinstance(se, (int, float)) else None, capsize=4)
+            text = f"> {v:g}" if lower else f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+            ax.annotate(text, (i, v), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(items)), [name for _, name, _ in items])
+        ax.set_xlim(-0.6, len(items) - 0.4)
+        ax.set(ylabel="effective rank", title=title)
+        if _log_y(ax):
+            top = _positive_y(ax)
+            ax.set_ylim(10.0 ** np.floor(np.log10(top.min() / 2)), 10.0 ** np.ceil(np.log10(top.max() * 3)))
+        else:
+            _note(ax, "not measured for this model", center=True)
+        if bounds:
+            _legend(ax, [Patch(facecolor="white", edgecolor="0.3", hatch="//", label="> k (lower bound)")],
+                    title=_var95_note(bounds, "hatched"))
+    figs.append(("Effective rank of each operator of the analysed model and of its hidden states. Hatched bars "
+                 "mark lower bounds: the top-k eigenvalues hold less than 95 % of the trace.",
+                 _save(fig, folder / "fig_effective_rank.png")))
+
+    fig = _spectra_figure(plt, [(rec, "o-", label)], "for this model")
+    figs.append(("Top eigenvalues of the analysed model, normalised by the largest.",
+                 _save(fig, folder / "fig_spectra.png")))
+
+    lyap = _values(rec.get("lyapunov") or [])
+    if np.isfinite(lyap).any():
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        ax.axhline(0.0, color="0.6", lw=0.8, ls="--")
+        ax.plot(np.arange(1, lyap.size + 1), lyap, "o-", label=label)
+        ky = rec.get("kaplan_yorke")
+        ax.set(xlabel="index", ylabel="exponent per step",
+               title="Lyapunov spectrum" + (f" (Kaplan–Yorke dimension {ky:.3g})" if isinstance(ky, (int, float))
+                                            else ""))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        _legend(ax)
+        figs.append(("Lyapunov exponents of the analysed model along its trajectories (largest first); the "
+                     "Kaplan–Yorke dimension estimates the attractor's dimension from their cumulative sums.",
+                     _save(fig, folder / "fig_lyapunov.png")))
     return figs
 
 
@@ -235,7 +381,8 @@ def sweep_figures(folder: Path, rows: list[dict]) -> list[tuple[str, Path]]:
             # ratios span orders of magnitude on both sides of 1 (1 = no collapse)
             ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
             _log_y(ax)
-        _legend(ax, fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # panels in rows: a legend below would cover the next row
+            ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(quantities):]:
         ax.axis("off")
     figs.append(("Trends against the initial gain g (mean ± standard error over seeds).",
@@ -243,9 +390,28 @@ def sweep_figures(folder: Path, rows: list[dict]) -> list[tuple[str, Path]]:
     return figs
 
 
-def _legend(ax, **kw) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**kw)
+def _legend(ax, handles: Sequence | None = None, **kw) -> None:
+    """The legend of a run figure (of ``handles``, else of the labelled
+    artists), centred below the panel's x label, where it hides no data
+    (inside the axes it covered curves where they drop)."""
+    from matplotlib.transforms import offset_copy
+
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    else:
+        labels = [h.get_label() for h in handles]
+    if not handles:
+        return
+    # points from the bottom of the axes to below its tick labels and x label
+    fig = ax.figure
+    renderer = getattr(fig.canvas, "get_renderer", None)
+    under = ax.xaxis.get_tightbbox(renderer()) if renderer is not None else None
+    below = 6 + (max(ax.bbox.y0 - under.y0, 0.0) * 72 / fig.dpi if under is not None else 34.0)
+    kw.setdefault("fontsize", 8)
+    kw.setdefault("title_fontsize", 7.5)
+    ax.legend(handles, labels, loc="upper center", ncol=1 if len(handles) < 3 else 2, bbox_to_anchor=(0.5, 0.0),
+              bbox_transform=offset_copy(ax.transAxes, fig=fig, y=-below, units="points"),
+              borderaxespad=0.0, frameon=False, alignment="left", **kw)  # a multi-line title reads from the left
 
 
 def _img(path: Path) -> str:
@@ -271,16 +437,23 @@ pre{background:#f7f7f7;padding:0.8em;overflow-x:auto}
 .partial{background:#fff4d6;border:1px solid #e0b84c;border-radius:4px;padding:0.8em 1em;margin:1em 0}"""
 
 
-def _key_rows(records: list[dict]) -> list[dict]:
+def _key_rows(records: list[dict], analysed: bool = False) -> list[dict]:
+    """One row per checkpoint; for an analysed model (no training) no
+    iteration, the loss on the given inputs, and no column that is empty."""
     rows = []
     for r in records:
-        row = {"iteration": r["iteration"], "eval loss": r.get("eval_loss"), "accuracy": r.get("accuracy")}
+        row = ({"loss": r.get("eval_loss")} if analysed else
+               {"iteration": r["iteration"], "eval loss": r.get("eval_loss")})
+        row["accuracy"] = r.get("accuracy")
         for key, name in OPERATORS:
             row[f"PR {name}"] = _rank(r, key, "participation")
         row["misdirection"] = r.get("misdirection")
         row["cos(flow, ΔZ)"] = r.get("flow_alignment")
         row["Kaplan–Yorke"] = r.get("kaplan_yorke")
         rows.append(row)
+    if analysed:
+        keep = [c for c in rows[0] if any(row[c] is not None for row in rows)] if rows else []
+        rows = [{c: row[c] for c in keep} for row in rows]
     return rows
 
 
@@ -356,10 +529,22 @@ def make_report(folder: str | os.PathLike) -> Path:
                          f'{html.escape(status)} (no summary.json yet). The numbers and figures below cover only '
                          f'the finished checkpoints. Continue it with <code>{html.escape(command)}</code> '
                          '(the report is rendered again when the run finishes).</div>')
+        analysed = _analysed(folder)
+        if analysed:
+            parts.append(f"<p>One model trained elsewhere, analysed once by <code>kpflow analyze "
+                         f"{html.escape(str(config.get('target', '')))}</code>: no training here, so nothing is "
+                         "drawn over iterations.</p>")
+            if not _has_loss(records):
+                parts.append(f'<div class="partial"><strong>{html.escape(_NO_LOSS_ANALYSED[0].upper())}'
+                             f'{html.escape(_NO_LOSS_ANALYSED[1:])}</strong> (return <code>readout</code>, '
+                             "<code>loss_fn</code> and <code>targets</code> too for the loss and the error signal; "
+                             "see docs/main-job.md).</div>")
         parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
-        rows = _key_rows(records)
-        parts.append("<h2>Key numbers per checkpoint</h2>" + _table(rows, list(rows[0])))
-        for caption, path in run_figures(folder, records, summary):
+        rows = _key_rows(records, analysed)
+        title = "Key numbers of the analysed model" if analysed else "Key numbers per checkpoint"
+        if rows and rows[0]:
+            parts.append(f"<h2>{title}</h2>" + _table(rows, list(rows[0])))
+        for caption, path in run_figures(folder, records, summary, analysed=analysed):
             parts.append(f"<figure>{_img(path)}<figcaption>{html.escape(caption)}</figcaption></figure>")
     elif (folder / "sweep_config.json").exists():
         raise FileNotFoundError(

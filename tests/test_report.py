@@ -50,6 +50,11 @@ def make_run(folder, iterations, finished: bool):
 def rendered(tmp_path_factory):
     """A finished run's report, rendered once: (folder, html text, figures by file name)."""
     folder = make_run(tmp_path_factory.mktemp("finished"), {0, 1, 3, 12}, finished=True)
+    return (folder, *render(folder))
+
+
+def render(folder):
+    """make_report(folder): the html text and the figures by file name."""
     figs = {}
     original = report._save
 
@@ -60,7 +65,7 @@ def rendered(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report, "_save", save)
         html = report.make_report(folder).read_text()
-    return folder, html, figs
+    return html, figs
 
 
 # ------------------------------------------------------------------ figures
@@ -99,10 +104,125 @@ def test_flat_spectrum_has_readable_log_ticks(rendered):
 def test_unresolved_var95_is_drawn_as_a_lower_bound_with_a_note(rendered):
     _, _, captured = rendered
     var95 = [ax for ax in captured["fig_effective_rank.png"].axes if "95" in ax.get_title()][0]
-    notes = " ".join(t.get_text() for t in var95.texts)
+    notes = var95.get_legend().get_title().get_text()  # heads the legend, below the panel
     assert "var95 > 3" in notes and "95 % of the trace" in notes
     bounds = [line for line in var95.lines if "lower bound" in line.get_label()]
     assert len(bounds) == 3 and all(list(line.get_ydata()) == [3, 3, 3, 3] for line in bounds)
+
+
+def _boxes(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()  # a closed figure keeps no drawing canvas
+    renderer = fig.canvas.get_renderer()
+    return renderer, [(ax, ax.get_legend()) for ax in fig.axes if ax.get_legend() is not None]
+
+
+def test_legends_sit_below_the_panels_and_hide_no_data(rendered):
+    _, _, captured = rendered
+    for name in ("fig_loss.png", "fig_effective_rank.png", "fig_spectra.png"):
+        fig = captured[name]
+        renderer, legends = _boxes(fig)
+        assert len(legends) == len(fig.axes), name  # every panel of these figures has a legend
+        for ax, legend in legends:
+            box = legend.get_window_extent(renderer)
+            assert box.y1 <= ax.bbox.y0, (name, ax.get_title())  # below the axes: covers no curve
+            under = ax.xaxis.get_tightbbox(renderer)
+            assert box.y1 <= under.y0 + 1, (name, ax.get_title())  # and below the tick labels and x label
+            assert ax.bbox.x0 - 60 < (box.x0 + box.x1) / 2 < ax.bbox.x1 + 60  # under its own panel
+        others = [legend.get_window_extent(renderer) for _, legend in legends]
+        for i, one in enumerate(others):
+            assert not any(one.overlaps(two) for two in others[i + 1:]), name
+
+
+def test_log_y_leaves_missing_or_non_positive_values_linear():
+    plt = report._pyplot()
+    for ys in ([None, None], [0.0, -1.0], []):
+        fig, ax = plt.subplots()
+        if ys:
+            ax.plot([0, 1], report._values(ys), "o-")
+        assert report._log_y(ax) is False and ax.get_yscale() == "linear"
+        fig.canvas.draw()  # a log axis of these raised "Data cannot be log-scaled"
+        plt.close(fig)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [0.0, 0.5, None], "o-")
+    assert report._log_y(ax) is True and ax.get_yscale() == "log"
+    fig.canvas.draw()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("loss", [None, 0.0])
+def test_run_without_positive_losses_still_gets_a_report(tmp_path, loss):
+    folder = make_run(tmp_path, {0, 1, 3, 12}, finished=True)
+    records = [dict(record(i), eval_loss=loss, train_loss=loss) for i in (0, 1, 3, 12)]
+    write_jsonl(folder / "results.jsonl", records)
+    write_json(folder / "summary.json", {"train_losses": [loss] * 12, "stopped_early": False})
+    _, figs = render(folder)
+    ax = figs["fig_loss.png"].axes[0]
+    assert ax.get_yscale() == "linear"
+    assert "no loss recorded" in " ".join(t.get_text() for t in ax.texts)
+
+
+def test_iteration_axis_never_labels_minus_zero(tmp_path):
+    assert [report._whole(v) for v in (-0.0, -0.15, 0.0, 1.0, 1000.0)] == ["0", "0", "0", "1", "1,000"]
+    folder = make_run(tmp_path, {0}, finished=False)  # one checkpoint of a run: x limits around 0
+    _, figs = render(folder)
+    for ax in figs["fig_effective_rank.png"].axes:
+        ax.figure.canvas.draw()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert labels == ["0", "1"], labels
+
+
+# ------------------------------------------------------- analyze folders
+def analysed_record(loss: bool) -> dict:
+    """A record as ``kpflow analyze`` writes it: iteration 0 of a model trained
+    elsewhere; without readout/targets it has no loss at all."""
+    r = {k: v for k, v in record(0).items() if k not in ("train_loss", "eval_loss", "accuracy", "flow_alignment")}
+    r["lyapunov"] = [-0.2, -0.5, -0.9]
+    return dict(r, eval_loss=0.25, accuracy=0.5) if loss else r
+
+
+@pytest.mark.parametrize("loss", [False, True])
+def test_analyze_folder_report_has_no_training_axis(tmp_path, loss):
+    write_json(tmp_path / "config.json", {"target": "m.py:make", "top_k": 3})
+    write_jsonl(tmp_path / "results.jsonl", [analysed_record(loss)])
+    (tmp_path / "fig_loss.png").write_bytes(PNG)  # left by an earlier report version
+    html, figs = render(tmp_path)
+    assert set(figs) == {"fig_effective_rank.png", "fig_spectra.png", "fig_lyapunov.png"}
+    assert sorted(p.name for p in tmp_path.glob("fig_*.png")) == sorted(figs)  # no loss over training
+    for fig in figs.values():
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert not ax.get_xlabel().startswith("iteration") and ax.get_xscale() == "linear"
+            legend = ax.get_legend()
+            labels = [t.get_text() for t in legend.get_texts()] if legend else []
+            assert not any("initialisation" in lab or "iteration" in lab for lab in labels), labels
+    for ax in figs["fig_spectra.png"].axes:
+        assert [t.get_text() for t in ax.get_legend().get_texts()][0].startswith("analysed model (λ₁=")
+    pr, var95 = figs["fig_effective_rank.png"].axes
+    ticks = [t.get_text() for t in pr.get_xticklabels()]
+    assert ticks == ["K", "P Pᵀ", "P K P*", "hidden states\n(PCA)"]
+    assert [round(b.get_height(), 6) for b in pr.patches] == [8.0, 84.0, 6.0, 2.6]
+    assert pr.get_yscale() == "log"
+    assert [b.get_height() for b in var95.patches] == [3, 3, 3, 4]  # var95 > k = 3 drawn at 3; PCA resolved
+    assert "var95 > 3" in var95.get_legend().get_title().get_text()
+    assert "initialisation" not in html and "over training" not in html
+    assert "Key numbers of the analysed model" in html and "<th>iteration</th>" not in html
+    assert ("No loss: the analysed model came without readout/targets" in html) is not loss
+    assert ("<th>loss</th>" in html) is loss
+
+
+def test_kpflow_analyze_of_a_bare_model_renders_its_report(tmp_path):
+    """The trial's case: a model returned without readout, loss or targets."""
+    from kpflow.user_analysis import analyze_user_model
+
+    (tmp_path / "mymod.py").write_text("def bare():\n    import torch\n    torch.manual_seed(0)\n"
+                                       "    return dict(model=torch.nn.GRU(3, 5), inputs=torch.randn(4, 6, 3))\n")
+    out = analyze_user_model(f"{tmp_path / 'mymod.py'}:bare", tmp_path / "a_bare", top_k=3, lyapunov=False,
+                             quiet=True)
+    html = (out / "report.html").read_text()
+    assert "No loss: the analysed model came without readout/targets" in html
+    assert sorted(p.name for p in out.glob("fig_*.png")) == ["fig_effective_rank.png", "fig_spectra.png"]
 
 
 # ------------------------------------------------------------- partial runs
