@@ -185,9 +185,9 @@ def measure(
     if options.lyapunov:
         steps.append(("Lyapunov", lyapunov))
 
-    from tqdm.auto import tqdm
+    from .experiment import _progress
 
-    for name, fn in tqdm(steps, desc="analysis", disable=quiet, leave=False, unit="step"):
+    for name, fn in _progress(steps, desc="analysis", disable=quiet, leave=False, unit="step"):
         t0 = time.perf_counter()
         fn()
         timings[name] = time.perf_counter() - t0

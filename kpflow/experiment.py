@@ -184,8 +184,13 @@ class _Setup:
 
 
 def _progress(iterable=None, **kw):
+    """A tqdm bar; redrawn at most every 30 s when stderr is not a terminal (a batch job's log)."""
+    import sys
+
     from tqdm.auto import tqdm
 
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        kw.setdefault("mininterval", 30.0)
     return tqdm(iterable, **kw)
 
 
