@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._progress import progress_bar
 from .error_signal import error_signal
 from .gradient_flow import GradientFlowOperator
 from .parameter import ParameterOperator
@@ -185,9 +186,7 @@ def measure(
     if options.lyapunov:
         steps.append(("Lyapunov", lyapunov))
 
-    from .experiment import _progress
-
-    for name, fn in _progress(steps, desc="analysis", disable=quiet, leave=False, unit="step"):
+    for name, fn in progress_bar(steps, desc="analysis", disable=quiet, leave=False, unit="step"):
         t0 = time.perf_counter()
         fn()
         timings[name] = time.perf_counter() - t0

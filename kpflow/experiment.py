@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._progress import progress_bar
 from .cells import make_step_map
 from .io import load_checkpoint, read_jsonl, save_checkpoint, write_json, write_jsonl
 
@@ -183,17 +184,6 @@ class _Setup:
         return self.readout(self.step_map.observe(states))
 
 
-def _progress(iterable=None, **kw):
-    """A tqdm bar; redrawn at most every 30 s when stderr is not a terminal (a batch job's log)."""
-    import sys
-
-    from tqdm.auto import tqdm
-
-    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        kw.setdefault("mininterval", 30.0)
-    return tqdm(iterable, **kw)
-
-
 class TrainingDiverged(FloatingPointError):
     """Training produced a non-finite loss or parameters; the finished checkpoints are kept."""
 
@@ -297,7 +287,7 @@ def run_experiment(
     t0 = time.perf_counter()
     if start == 0:
         checkpoint(0)
-    bar = _progress(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc="training",
+    bar = progress_bar(range(start, cfg.iterations), total=cfg.iterations, initial=start, desc="training",
                     disable=quiet, unit="it")
     stopped_early = False
     try:

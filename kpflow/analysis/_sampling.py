@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._progress import progress_bar
 from ..operator import KPOperator
 from ._probes import basis_columns, draw_probes
 
@@ -58,9 +59,8 @@ def check_budget(value, name: str, minimum: int = 1) -> int:
 def _blocks(total: int, size: int, progress: bool, desc: str):
     starts = range(0, total, size)
     if progress:
-        from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=desc, leave=False)
+        starts = progress_bar(starts, desc=desc, leave=False)
     for start in starts:
         yield start, min(total, start + size)
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
+from .._progress import progress_bar
 from ..trajectory import Trajectory
 from ._probes import SeedLike, make_generator
 
@@ -230,9 +231,8 @@ def lyapunov_spectrum(
     logs = torch.zeros(B, n, k, dtype=torch.float64, device=device)  # log R_ii credited to its QR step
     steps = range(state_warmup, T)
     if progress:
-        from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="Lyapunov", leave=False)
+        steps = progress_bar(steps, desc="Lyapunov", leave=False)
     V = Q
     since = 0
     with torch.no_grad():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._progress import progress_bar
 from ..operator import KPOperator
 from ._operators import as_operator, trajectory_shape
 from ._probes import SeedLike, basis_columns, check_distribution, draw_probes, make_generator
@@ -335,10 +336,9 @@ def partial_trace(
     used = 0
     blocks = _probe_blocks(layout, exact, m, gen, distribution, dtype, device, per_block)
     if progress:
-        from tqdm.auto import tqdm
 
         total = math.ceil((layout.nR if exact else m) / per_block)
-        blocks = tqdm(blocks, total=total, desc="partial trace", leave=False)
+        blocks = progress_bar(blocks, total=total, desc="partial trace", leave=False)
     for Z in blocks:
         Mz, u = _partial_products(A, layout, eye, [Z], False, column_block, per_probe=True)
         used += u
