@@ -47,12 +47,10 @@ def by_columns(fn, V: Tensor, chunk_size: int | None, single=None) -> Tensor:
     """
     k = V.shape[1]
     if chunk_size == 1 and single is not None:
-        # Strided columns would slow every elementwise kernel; the result is
-        # returned as the transposed view of a [k, m] stack (a column-major
-        # [m, k]), which saves a transposing copy of m·k numbers.
-        # Each column's result is copied out at once so that its temporaries
-        # are freed and reused by the next column (keeping all k alive until
-        # a final stack makes every column fault in fresh pages).
+        # Contiguous columns in (strided ones slow every elementwise kernel);
+        # each result copied into row i of a [k, m] buffer at once, so its
+        # temporaries are reused by the next column, and the buffer returned
+        # as its transposed view (a column-major [m, k], no transposing copy).
         rows = V.T.contiguous()
         first = single(rows[0])
         out = first.new_empty((k, first.shape[0]))
@@ -77,7 +75,7 @@ BLOCK_BYTES = 2 * 2**20
 def parameter_block(trajectory: Trajectory, chunk_size: int | None) -> int | None:
     """Columns per block for the all-rows (parameter-side) products, see :data:`BLOCK_BYTES`."""
     B, T, S = trajectory.shape
-    lin = trajectory._cache.get("cell_linearization")
+    lin = cell_linearization(trajectory)
     width = max([S] + [lay.w_hh.shape[0] for lay in lin.layers]) if lin is not None else 4 * S  # gate width
     per_column = B * T * width * trajectory.inputs.element_size()
     auto = max(1, BLOCK_BYTES // max(1, per_column))
