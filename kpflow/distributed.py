@@ -142,6 +142,15 @@ def _global_offset(trajectory: Trajectory, group) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- operators
+def _shard_parameter_side(op, trajectory: Trajectory, normalization: str, group, chunk_size) -> None:
+    """Make K or P K P* sharded: the all-reducing J_θ, and the "mean" scale over the global trials."""
+    op.group = group
+    op.jacobian = ShardedParameterJacobian(trajectory, group, chunk_size)
+    op.trial_offset, op.global_batch_size = _global_offset(trajectory, group)
+    if normalization == "mean":
+        op.scale = 1.0 / (op.global_batch_size * trajectory.num_steps)
+
+
 class ShardedParameterJacobian(ParameterJacobian):
     """J_θ of a trial shard: local rows, replicated parameter space.
 
@@ -183,11 +192,7 @@ class ShardedParameterOperator(ParameterOperator):
         chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__(trajectory, normalization, chunk_size)
-        self.group = group
-        self.jacobian = ShardedParameterJacobian(trajectory, group, chunk_size)
-        self.trial_offset, self.global_batch_size = _global_offset(trajectory, group)
-        if normalization == "mean":
-            self.scale = 1.0 / (self.global_batch_size * trajectory.num_steps)
+        _shard_parameter_side(self, trajectory, normalization, group, chunk_size)
 
     def _mm(self, Q: Tensor) -> Tensor:
         J = self.jacobian
@@ -210,11 +215,7 @@ class ShardedGradientFlowOperator(GradientFlowOperator):
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__(trajectory, normalization, jacobians, chunk_size, memory_budget)
-        self.group = group
-        self.jacobian = ShardedParameterJacobian(trajectory, group, chunk_size)
-        self.trial_offset, self.global_batch_size = _global_offset(trajectory, group)
-        if normalization == "mean":
-            self.scale = 1.0 / (self.global_batch_size * trajectory.num_steps)
+        _shard_parameter_side(self, trajectory, normalization, group, chunk_size)
 
     def _mm(self, Q: Tensor) -> Tensor:
         P, J = self.propagation, self.jacobian

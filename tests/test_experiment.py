@@ -291,3 +291,17 @@ def test_refuses_a_non_empty_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(FileExistsError, match=r"not empty \(notes.txt\)"):
         run_experiment(RunConfig(**TINY), tmp_path, quiet=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_progress_bars_are_throttled_in_batch_logs(monkeypatch):
+    import io
+
+    from kpflow._progress import progress_bar
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal, like a scheduler's log file
+    bar = progress_bar(range(3), disable=False)
+    assert bar.mininterval == 30.0
+    bar.close()
+    bar = progress_bar(range(3), disable=False, mininterval=1.0)  # an explicit choice wins
+    assert bar.mininterval == 1.0
+    bar.close()
